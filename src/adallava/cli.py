@@ -1,0 +1,39 @@
+"""The `adallava` command. Each subcommand lives in `adallava/commands/<name>.py` and exposes
+`add_parser(subparsers)`, which registers its arguments and sets `func` to a function taking the
+parsed arguments and returning an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order here is the order of `adallava --help`.
+COMMANDS = ["demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adallava", description="Latency-adaptive multimodal LLMs (AdaLLaVA) on Hugging Face Llava."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"adallava.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"adallava {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
