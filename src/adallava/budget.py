@@ -68,22 +68,30 @@ def budget_fractions(
     values = _as_list(budget, batch_size)
     fractions = []
     for row, value in enumerate(values):
-        if isinstance(value, str) or (isinstance(value, (int, float)) and value > 1.0 and math.isfinite(value)):
+        if isinstance(value, str) or (
+            isinstance(value, (int, float)) and value > 1.0 and math.isfinite(value)
+        ):
             cap = parse_flops(value)
             if full_llm_flops is None:
-                raise ValueError(f"budget {value!r} is an absolute FLOPs cap, but no cost model was given")
+                raise ValueError(
+                    f"budget {value!r} is read as an absolute FLOPs cap (fractions lie in [{b_min:g}, 1]), "
+                    "but no cost model was given to convert it"
+                )
             full = float(full_llm_flops[row])
             fraction = cap / full
             if fraction < b_min * (1 - RELATIVE_TOLERANCE):
                 raise ValueError(
-                    f"budget {value!r} for row {row} is below what the always-run prefix layers cost: "
-                    f"the minimum feasible cap is {b_min * full:.4g} FLOPs "
-                    f"(b_min={b_min:g} of {full:.4g} FLOPs for the full decoder stack)"
+                    f"budget {value!r} for row {row} is read as an absolute FLOPs cap and is below what the "
+                    f"always-run prefix layers cost: the minimum feasible cap is {b_min * full:.4g} FLOPs "
+                    f"({b_min:g} of the full decoder stack's {full:.4g} FLOPs); "
+                    f"fractions lie in [{b_min:g}, 1]"
                 )
             fractions.append(min(fraction, 1.0))  # a cap above the full cost buys the full model
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"budget must be a number or a FLOPs string, got {value!r} ({type(value).__name__})")
+            raise ValueError(
+                f"budget must be a number or a FLOPs string, got {value!r} ({type(value).__name__})"
+            )
         if not math.isfinite(value) or not (b_min * (1 - RELATIVE_TOLERANCE) <= value <= 1.0):
             raise ValueError(
                 f"budget {value!r} for row {row} is outside the allowed range [{b_min:g}, 1] "
@@ -98,10 +106,16 @@ def _as_list(budget, batch_size: int) -> list:
         if budget.dim() == 0:
             return [budget.item()] * batch_size
         if budget.dim() != 1:
-            raise ValueError(f"budget tensor must be a scalar or 1-D [batch], got shape {tuple(budget.shape)}")
+            raise ValueError(
+                f"budget tensor must be a scalar or 1-D [batch], got shape {tuple(budget.shape)}"
+            )
         budget = budget.tolist()
     if isinstance(budget, (str, int, float)):
         return [budget] * batch_size
+    if not isinstance(budget, (list, tuple)):
+        raise ValueError(
+            f"budget must be a number, a FLOPs string, a list or a 1-D tensor, got {type(budget).__name__}"
+        )
     values = list(budget)
     if len(values) == 1:
         return values * batch_size

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Order here is the order of `adallava --help`.
-COMMANDS = ["demo"]
+COMMANDS = ["demo", "flops"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,8 @@ def tiny_llava(seed: int = 0, **config_kwargs) -> LlavaForConditionalGeneration:
     """A randomly initialised tiny Llava in eval mode (deterministic for a given seed)."""
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(tiny_llava_config(**config_kwargs))
+    # A random model may emit the image placeholder, which then fails re-encoding; never let it.
+    model.generation_config.suppress_tokens = [IMAGE_TOKEN_ID]
     return model.eval()
 
 

@@ -1,0 +1,410 @@
+"""AdaLlava: a Hugging Face Llava that runs, per request, only the upper layers its scheduler picks.
+
+Three modes of one model (DESIGN.md):
+- `budget=None, plan=None`: exactly the wrapped `LlavaForConditionalGeneration` (no latency token);
+- `plan=...`: run that plan (baselines: early exit, random, static), no scheduler, no latency token;
+- `budget=...`: the latency token is inserted after each row's prompt, the scheduler reads it at the
+  input of layer P and picks the plan; the plan is then reused for every decoded token.
+
+The HF model is held by composition (`self.llava`); its decoder layers, rotary tables, masks, norm and
+head are called as they are. Checkpoints are a plain HF Llava folder plus two adaptive files, so
+`LlavaForConditionalGeneration.from_pretrained` still loads the base model from them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GenerationMixin, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.utils import ModelOutput
+
+from adallava.budget import budget_fractions, min_fraction, upper_units_for_fraction
+from adallava.config import AdaptiveConfig
+from adallava.latency import IGNORE_INDEX, LatencyEncoder, insert_at, insert_position_ids, latency_positions
+from adallava.plan import ExecutionPlan
+from adallava.scheduler import SchedulerHead, greedy_mask, gumbel_topk_mask, sample_mask_straight_through
+from adallava.switches import call_layer, prepare_layer_inputs, run_layer_gated, run_layer_skipping
+
+ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
+ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
+
+
+@dataclass
+class AdaLlavaOutput(ModelOutput):
+    """Output of `AdaLlava.forward`.
+
+    logits: [B, T', vocab] (T' = T + 1 when a latency token was inserted); loss: scalar NLL over answer
+    tokens; plan: the executed plan (None in base mode); budget: float64 [B] fractions that were
+    asked for; latency_positions: long [B] index of each row's latency token (None if none);
+    scheduler_logits: float32 [B, switches]; cost / full_cost: per-row FLOPs of what ran and of the
+    full plan on the same request.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: object | None = None
+    plan: ExecutionPlan | None = None
+    budget: torch.Tensor | None = None
+    latency_positions: torch.Tensor | None = None
+    scheduler_logits: torch.Tensor | None = None
+    cost: object | None = None
+    full_cost: object | None = None
+
+
+@dataclass
+class AdaGenerateOutput(GenerateDecoderOnlyOutput):
+    """`generate(..., return_dict_in_generate=True)` output with each row's plan attached."""
+
+    plan: ExecutionPlan | None = None
+    budget: torch.Tensor | None = None
+
+
+class AdaLlava(PreTrainedModel, GenerationMixin):
+    config_class = LlavaConfig
+    main_input_name = "input_ids"
+    base_model_prefix = "llava"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(
+        self,
+        config: LlavaConfig,
+        adaptive: AdaptiveConfig | None = None,
+        base: LlavaForConditionalGeneration | None = None,
+    ):
+        super().__init__(config)
+        self.llava = base if base is not None else LlavaForConditionalGeneration(config)
+        text_config = config.text_config
+        self.num_layers = text_config.num_hidden_layers
+        self.adaptive = (adaptive or AdaptiveConfig()).resolve(self.num_layers)
+        if self.adaptive.switches != "layer":
+            raise NotImplementedError(
+                "head switches (AdaLLaVA-H) are not implemented yet; use switches='layer'"
+            )
+        self.num_prefix = self.adaptive.num_prefix_layers
+        self.latency_encoder = LatencyEncoder(text_config.hidden_size, self.adaptive.latency_frequencies)
+        self.scheduler = SchedulerHead(text_config.hidden_size, self.num_layers - self.num_prefix)
+        self._init_adaptive_weights(text_config.initializer_range)
+        self.post_init()
+
+    def _init_adaptive_weights(self, std: float) -> None:
+        for module in [*self.latency_encoder.modules(), *self.scheduler.modules()]:
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.normal_(module.weight, std=std)
+                torch.nn.init.zeros_(module.bias)
+
+    def _init_weights(self, module):  # weights come from the base model or a checkpoint, never re-drawn
+        pass
+
+    # ---- construction, save, load --------------------------------------------------------------
+    @classmethod
+    def from_base(
+        cls, base: LlavaForConditionalGeneration, adaptive: AdaptiveConfig | None = None
+    ) -> AdaLlava:
+        """Make a HF Llava adaptive. The base modules are shared, not copied; the scheduler and
+        latency encoder are freshly initialised (on the base model's device and dtype)."""
+        if not isinstance(base, LlavaForConditionalGeneration):
+            raise TypeError(f"from_base expects a LlavaForConditionalGeneration, got {type(base).__name__}")
+        model = cls(base.config, adaptive, base=base)
+        model.generation_config = base.generation_config
+        reference = next(base.parameters())
+        model.latency_encoder.to(reference.device)
+        model.scheduler.to(reference.device)
+        return model.train(base.training)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """A HF Llava folder (config.json, model.safetensors, generation_config.json) plus
+        adaptive_config.json and adaptive.safetensors. Safetensors only."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        kwargs.pop("safe_serialization", None)
+        self.llava.save_pretrained(directory, **kwargs)
+        (directory / ADAPTIVE_CONFIG_FILE).write_text(json.dumps(self.adaptive.to_dict(), indent=2) + "\n")
+        tensors = {f"latency_encoder.{k}": v for k, v in self.latency_encoder.state_dict().items()}
+        tensors |= {f"scheduler.{k}": v for k, v in self.scheduler.state_dict().items()}
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            str(directory / ADAPTIVE_WEIGHTS_FILE),
+            metadata={"format": "pt", "library": "adallava"},
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> AdaLlava:
+        """Load a folder written by `save_pretrained` (offline). Extra kwargs go to
+        `LlavaForConditionalGeneration.from_pretrained` (e.g. dtype, attn_implementation, device_map)."""
+        directory = Path(path)
+        config_file = directory / ADAPTIVE_CONFIG_FILE
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"{directory} has no {ADAPTIVE_CONFIG_FILE}: it is not an adallava checkpoint. To make a HF "
+                "Llava adaptive use "
+                "AdaLlava.from_base(LlavaForConditionalGeneration.from_pretrained(path), AdaptiveConfig())"
+            )
+        adaptive = AdaptiveConfig.from_dict(json.loads(config_file.read_text()))
+        base = LlavaForConditionalGeneration.from_pretrained(directory, **kwargs)
+        model = cls.from_base(base, adaptive)
+        state = load_file(str(directory / ADAPTIVE_WEIGHTS_FILE))
+        for prefix, module in (("latency_encoder.", model.latency_encoder), ("scheduler.", model.scheduler)):
+            part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(part, strict=True)
+        reference = next(base.parameters())
+        model.latency_encoder.to(reference.device)
+        model.scheduler.to(reference.device)
+        return model.eval()
+
+    # ---- budgets ------------------------------------------------------------------------------
+    @property
+    def b_min(self) -> float:
+        """The smallest fraction a budget may be: the prefix layers' share of the decoder stack."""
+        return min_fraction(self.num_layers, self.num_prefix)
+
+    def upper_layers_for(self, fractions: torch.Tensor) -> torch.Tensor:
+        """How many upper layers each row's budget buys (layers cost the same): long [B]."""
+        return torch.tensor(
+            [upper_units_for_fraction(self.num_layers, self.num_prefix, float(f)) for f in fractions],
+            dtype=torch.long,
+        )
+
+    # ---- forward ------------------------------------------------------------------------------
+    def get_input_embeddings(self):
+        return self.llava.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        budget=None,
+        plan: ExecutionPlan | None = None,
+        sample_plan: bool = False,
+        generator: torch.Generator | None = None,
+        adallava_sink: dict | None = None,
+        **kwargs,
+    ) -> AdaLlavaOutput:
+        """One forward pass. budget: a fraction in [b_min, 1] (or FLOPs cap), one or one per row;
+        plan: an explicit ExecutionPlan; both None: the base model. `sample_plan` draws the plan from
+        the scheduler (seeded by `generator`) instead of taking the most probable one.
+        `adallava_sink` is internal to `generate` (it collects the plan) and is ignored here."""
+        if budget is not None and plan is not None:
+            raise ValueError("give either a budget (the scheduler picks the plan) or a plan, not both")
+        if budget is None and plan is None:
+            out = self.llava(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            return AdaLlavaOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values)
+
+        hidden = self._embed(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
+        batch, length = hidden.shape[:2]
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=hidden.device)
+        if position_ids is None:  # as HF: positions continue the cache
+            position_ids = torch.arange(past_length, past_length + length, device=hidden.device)[None]
+        position_ids = position_ids.expand(batch, -1)
+
+        fractions = lat_positions = scheduler_logits = gates = None
+        if budget is not None:
+            if past_length > 0:
+                raise ValueError(
+                    "a budget is turned into a plan at prefill; for later steps pass plan=out.plan"
+                )
+            fractions = budget_fractions(budget, batch, self.b_min)
+            units = self.upper_layers_for(fractions).to(hidden.device)  # [B]
+            lat_positions = latency_positions(attention_mask, labels)  # [B]
+            token = self.latency_encoder(units, self.num_layers, self.num_prefix).to(hidden.dtype)  # [B, D]
+            hidden = insert_at(hidden, lat_positions, token)  # [B, T+1, D]
+            attention_mask = insert_at(attention_mask, lat_positions, 1)
+            position_ids = insert_position_ids(position_ids, lat_positions)
+            if labels is not None:
+                labels = insert_at(labels, lat_positions, IGNORE_INDEX)
+        else:
+            plan = self._check_plan(plan, batch, hidden.device)
+
+        use_cache = (
+            use_cache if use_cache is not None else (self.config.text_config.use_cache and not self.training)
+        )
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config.text_config)
+        text_model = self.llava.model.language_model
+        inputs = prepare_layer_inputs(
+            text_model, hidden, attention_mask, position_ids, past_key_values, use_cache
+        )
+
+        for index, layer in enumerate(text_model.layers[: self.num_layers]):
+            if budget is not None and index == self.num_prefix:
+                latency_hidden = hidden[torch.arange(batch, device=hidden.device), lat_positions]  # [B, D]
+                scheduler_logits = self.scheduler(latency_hidden)  # [B, N - P]
+                plan, gates = self._choose_plan(scheduler_logits, units, sample_plan, generator)
+            if budget is not None and index < self.num_prefix:
+                hidden = call_layer(layer, hidden, index, inputs)
+            elif gates is not None:
+                hidden = run_layer_gated(layer, hidden, index, inputs, gates[:, index - self.num_prefix])
+            else:
+                hidden = run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])
+
+        hidden = text_model.norm(hidden)
+        kept = (
+            slice(-logits_to_keep, None)
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0
+            else slice(None)
+        )
+        logits = self.llava.lm_head(hidden[:, kept])
+        loss = None
+        if labels is not None:
+            loss = self.llava.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return AdaLlavaOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values if use_cache else None,
+            plan=plan,
+            budget=fractions,
+            latency_positions=lat_positions,
+            scheduler_logits=scheduler_logits,
+        )
+
+    def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
+        """Token embeddings with image features scattered into the image-token slots, as HF Llava does."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        llava_model = self.llava.model
+        if inputs_embeds is None:
+            inputs_embeds = llava_model.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
+            features = llava_model.get_image_features(
+                pixel_values=pixel_values, return_dict=True
+            ).pooler_output
+            features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            slots = llava_model.get_placeholder_mask(
+                input_ids, inputs_embeds=inputs_embeds, image_features=features
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(slots, features)
+        return inputs_embeds
+
+    def _check_plan(self, plan: ExecutionPlan, batch: int, device: torch.device) -> ExecutionPlan:
+        if not isinstance(plan, ExecutionPlan):
+            raise TypeError(f"plan must be an ExecutionPlan, got {type(plan).__name__}")
+        if plan.num_layers != self.num_layers:
+            raise ValueError(f"plan covers {plan.num_layers} layers but the model has {self.num_layers}")
+        if plan.heads is not None:
+            raise NotImplementedError("head plans need head switches (AdaLLaVA-H), not implemented yet")
+        plan = plan.expand(batch).to(device)
+        if not bool(plan.layers[:, 0].all()):
+            raise ValueError(
+                "plan switches off layer 0 for some row; layer 0 must always run (it holds the "
+                "sequence length of the KV cache)"
+            )
+        return plan
+
+    def _choose_plan(
+        self, logits: torch.Tensor, units: torch.Tensor, sample: bool, generator: torch.Generator | None
+    ) -> tuple[ExecutionPlan, torch.Tensor | None]:
+        """Training (grad enabled): straight-through Gumbel samples, returned as gates. Otherwise the
+        most probable plan, or a seeded sample. Every plan has exactly units[b] upper layers on."""
+        gates = None
+        if self.training and torch.is_grad_enabled():
+            gates = sample_mask_straight_through(logits, units, self.adaptive.tau, generator)  # [B, N-P]
+            upper = gates.detach() > 0.5
+        elif sample:
+            upper = gumbel_topk_mask(logits, units, generator=generator)
+        else:
+            upper = greedy_mask(logits, units)
+        prefix = torch.ones(logits.shape[0], self.num_prefix, dtype=torch.bool, device=logits.device)
+        return ExecutionPlan(torch.cat([prefix, upper], dim=-1)), gates
+
+    # ---- generation ---------------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        budget=None,
+        plan: ExecutionPlan | None = None,
+        **kwargs,
+    ):
+        """HF `generate` with a per-row budget (or plan). The plan is made once at prefill and reused
+        for every new token. Right-padded batches are moved to left padding first (rows are rolled),
+        so results do not depend on the padding side; returned sequences start with the prompt as
+        given. With `return_dict_in_generate=True` the output also carries `plan` and `budget`."""
+        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError(
+                "adaptive generation supports one sequence per row (num_beams=1, num_return_sequences=1)"
+            )
+        original_ids = input_ids
+        if input_ids is not None and attention_mask is not None:
+            input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
+        sink: dict = {}
+        out = super().generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            budget=budget,
+            plan=plan,
+            adallava_sink=sink,
+            **kwargs,
+        )
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        if original_ids is not None:
+            sequences = torch.cat([original_ids, sequences[:, original_ids.shape[1] :]], dim=1)
+        if isinstance(out, torch.Tensor):
+            return sequences
+        fields = {k: v for k, v in out.items() if k != "sequences"}
+        return AdaGenerateOutput(
+            sequences=sequences, plan=sink.get("plan", plan), budget=sink.get("budget"), **fields
+        )
+
+    def _update_model_kwargs_for_generation(
+        self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1
+    ):
+        """After prefill with a budget: freeze the chosen plan for the remaining steps and account for
+        the inserted latency token in the attention mask and position ids."""
+        if getattr(outputs, "latency_positions", None) is not None:
+            positions = outputs.latency_positions
+            if model_kwargs.get("attention_mask") is not None:  # HF drops the mask when nothing is padded
+                model_kwargs["attention_mask"] = insert_at(model_kwargs["attention_mask"], positions, 1)
+            if model_kwargs.get("position_ids") is not None:
+                model_kwargs["position_ids"] = insert_position_ids(model_kwargs["position_ids"], positions)
+            model_kwargs["budget"] = None
+            model_kwargs["plan"] = outputs.plan
+            sink = model_kwargs.get("adallava_sink")
+            if sink is not None:
+                sink["plan"], sink["budget"] = outputs.plan, outputs.budget
+        return super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+        )
+
+
+def _to_left_padding(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Roll each row so that its padding comes first. Rows already left-padded are unchanged."""
+    mask = attention_mask.bool()
+    length = mask.shape[1]
+    # A row is right-padded when a pad follows a real token; shift it right by its number of pads.
+    trailing_pads = (~mask).flip(1).long().cumprod(1).sum(1)  # [B]
+    if not bool(trailing_pads.any()):
+        return input_ids, attention_mask
+    index = (torch.arange(length, device=mask.device)[None, :] - trailing_pads[:, None]) % length  # [B, T]
+    return input_ids.gather(1, index), attention_mask.gather(1, index)

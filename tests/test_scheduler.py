@@ -1,0 +1,37 @@
+import torch
+
+from adallava.scheduler import greedy_mask, gumbel_topk_mask, sample_mask_straight_through
+
+
+def test_greedy_takes_the_top_k_logits_per_row():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0], [5.0, 4.0, 3.0, 2.0]])
+    mask = greedy_mask(logits, torch.tensor([2, 1]))
+    assert mask.tolist() == [[False, True, False, True], [True, False, False, False]]
+
+
+def test_gumbel_topk_is_seeded_and_exact():
+    logits = torch.randn(6, 8)
+    k = torch.tensor([0, 1, 2, 3, 4, 8])
+    first = gumbel_topk_mask(logits, k, generator=torch.Generator().manual_seed(3))
+    again = gumbel_topk_mask(logits, k, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(first, again)
+    assert first.sum(-1).tolist() == k.tolist()
+
+
+def test_straight_through_samples_keep_the_budget_and_pass_gradients():
+    logits = torch.randn(5, 6, requires_grad=True)
+    k = torch.tensor([0, 1, 3, 5, 6])
+    mask = sample_mask_straight_through(logits, k, tau=5.0, generator=torch.Generator().manual_seed(0))
+    assert set(mask.detach().flatten().tolist()) <= {0.0, 1.0}
+    assert mask.detach().sum(-1).tolist() == k.float().tolist()
+    (mask * torch.arange(6.0)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert torch.all(logits.grad[0] == 0)  # a row that picks nothing gets no gradient
+
+
+def test_sampling_follows_the_logits():
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0]]).expand(400, 4)
+    mask = sample_mask_straight_through(
+        logits, torch.ones(400, dtype=torch.long), tau=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert mask[:, 0].mean() > 0.9
