@@ -1,0 +1,31 @@
+"""LLaVA-1.5's evaluation prompts (the text of its eval question files, without the <image> token
+and chat template). Readers fill `Sample.prompt` with these so that generation sees what LLaVA-1.5
+saw; scoring never depends on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+OPTION_LETTERS = ("A", "B", "C", "D", "E")
+
+
+def short_answer_prompt(question: str, ocr_tokens: Sequence[str] | None = None) -> str:
+    """VQAv2 / POPE / MME / TextVQA: "question\\n[Reference OCR token: a, b\\n]Answer ... phrase."."""
+    lines = [question]
+    if ocr_tokens:
+        lines.append("Reference OCR token: " + ", ".join(ocr_tokens))
+    lines.append(SHORT_ANSWER)
+    return "\n".join(lines)
+
+
+def multiple_choice_prompt(
+    question: str, options: Sequence[str], context: str = "", context_label: str = ""
+) -> str:
+    """ScienceQA ("Context: " label) and MMBench (bare hint): context, question, "A. x" lines, instruction."""
+    lines = [f"{context_label}{context}"] if context else []
+    lines.append(question)
+    lines.extend(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options, strict=False))
+    lines.append(LETTER_ANSWER)
+    return "\n".join(lines)
