@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Order here is the order of `adallava --help`.
-COMMANDS = ["demo", "flops"]
+COMMANDS = ["demo", "flops", "score"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,8 +27,10 @@ from transformers.utils import ModelOutput
 
 from adallava.budget import budget_fractions, min_fraction, upper_units_for_fraction
 from adallava.config import AdaptiveConfig
+from adallava.cost import ModelShape
 from adallava.latency import IGNORE_INDEX, LatencyEncoder, insert_at, insert_position_ids, latency_positions
 from adallava.plan import ExecutionPlan
+from adallava.pricing import BatchCost, full_llm_flops, price_decode, price_decode_step, price_prefill
 from adallava.scheduler import SchedulerHead, greedy_mask, gumbel_topk_mask, sample_mask_straight_through
 from adallava.switches import call_layer, prepare_layer_inputs, run_layer_gated, run_layer_skipping
 
@@ -43,8 +45,9 @@ class AdaLlavaOutput(ModelOutput):
     logits: [B, T', vocab] (T' = T + 1 when a latency token was inserted); loss: scalar NLL over answer
     tokens; plan: the executed plan (None in base mode); budget: float64 [B] fractions that were
     asked for; latency_positions: long [B] index of each row's latency token (None if none);
-    scheduler_logits: float32 [B, switches]; cost / full_cost: per-row FLOPs of what ran and of the
-    full plan on the same request.
+    scheduler_logits: float32 [B, switches]; cost / full_cost: `BatchCost`, per-row FLOPs of what
+    ran (`.vision`, `.llm`, `.lm_head`, `.total`: float64 [B]) and of the full plan on the same
+    tokens. A prefill is priced as a prefill; a call with a KV cache as decoding steps.
     """
 
     loss: torch.Tensor | None = None
@@ -54,16 +57,21 @@ class AdaLlavaOutput(ModelOutput):
     budget: torch.Tensor | None = None
     latency_positions: torch.Tensor | None = None
     scheduler_logits: torch.Tensor | None = None
-    cost: object | None = None
-    full_cost: object | None = None
+    cost: BatchCost | None = None
+    full_cost: BatchCost | None = None
 
 
 @dataclass
 class AdaGenerateOutput(GenerateDecoderOnlyOutput):
-    """`generate(..., return_dict_in_generate=True)` output with each row's plan attached."""
+    """`generate(..., return_dict_in_generate=True)` output with each row's plan and costs:
+    `prefill_cost` / `full_prefill_cost` (what the prefill ran, and would with every layer) and
+    `decode_cost` (the row's decoding steps up to and including its end-of-sequence token)."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
+    prefill_cost: BatchCost | None = None
+    full_prefill_cost: BatchCost | None = None
+    decode_cost: BatchCost | None = None
 
 
 class AdaLlava(PreTrainedModel, GenerationMixin):
@@ -90,6 +98,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                 "head switches (AdaLLaVA-H) are not implemented yet; use switches='layer'"
             )
         self.num_prefix = self.adaptive.num_prefix_layers
+        self.shape = ModelShape.from_config(config)
         self.latency_encoder = LatencyEncoder(text_config.hidden_size, self.adaptive.latency_frequencies)
         self.scheduler = SchedulerHead(text_config.hidden_size, self.num_layers - self.num_prefix)
         self._init_adaptive_weights(text_config.initializer_range)
@@ -195,30 +204,23 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         adallava_sink: dict | None = None,
         **kwargs,
     ) -> AdaLlavaOutput:
-        """One forward pass. budget: a fraction in [b_min, 1] (or FLOPs cap), one or one per row;
-        plan: an explicit ExecutionPlan; both None: the base model. `sample_plan` draws the plan from
-        the scheduler (seeded by `generator`) instead of taking the most probable one.
-        `adallava_sink` is internal to `generate` (it collects the plan) and is ignored here."""
+        """One forward pass. budget: a fraction in [b_min, 1] or an absolute FLOPs cap ("3.5T"), one
+        for the batch or one per row; plan: an explicit ExecutionPlan; both None: the base model.
+        `sample_plan` draws the plan from the scheduler (seeded by `generator`) instead of taking the
+        most probable one. `adallava_sink` is internal to `generate` (it collects prefill results)."""
         if budget is not None and plan is not None:
             raise ValueError("give either a budget (the scheduler picks the plan) or a plan, not both")
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # Inside `generate`, decoding steps are priced once at the end rather than at every token.
+        priced = adallava_sink is None or past_length == 0
         if budget is None and plan is None:
-            out = self.llava(
-                input_ids=input_ids,
-                pixel_values=pixel_values,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
-            return AdaLlavaOutput(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values)
+            return self._base_forward(
+                input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+                use_cache, logits_to_keep, past_length, priced, adallava_sink, **kwargs,
+            )  # fmt: skip
 
         hidden = self._embed(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
         batch, length = hidden.shape[:2]
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=hidden.device)
         if position_ids is None:  # as HF: positions continue the cache
@@ -231,7 +233,9 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                 raise ValueError(
                     "a budget is turned into a plan at prefill; for later steps pass plan=out.plan"
                 )
-            fractions = budget_fractions(budget, batch, self.b_min)
+            # The request's tokens include its latency token; absolute caps are converted against that.
+            full_llm = full_llm_flops(self.shape, attention_mask.sum(-1).cpu() + 1)
+            fractions = budget_fractions(budget, batch, self.b_min, full_llm)
             units = self.upper_layers_for(fractions).to(hidden.device)  # [B]
             lat_positions = latency_positions(attention_mask, labels)  # [B]
             token = self.latency_encoder(units, self.num_layers, self.num_prefix).to(hidden.dtype)  # [B, D]
@@ -240,12 +244,13 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             position_ids = insert_position_ids(position_ids, lat_positions)
             if labels is not None:
                 labels = insert_at(labels, lat_positions, IGNORE_INDEX)
+            if input_ids is not None:  # kept only to count image tokens when pricing
+                input_ids = insert_at(input_ids, lat_positions, 0)
         else:
             plan = self._check_plan(plan, batch, hidden.device)
 
-        use_cache = (
-            use_cache if use_cache is not None else (self.config.text_config.use_cache and not self.training)
-        )
+        if use_cache is None:
+            use_cache = self.config.text_config.use_cache and not self.training
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config.text_config)
         text_model = self.llava.model.language_model
@@ -274,9 +279,21 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         logits = self.llava.lm_head(hidden[:, kept])
         loss = None
         if labels is not None:
-            loss = self.llava.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            vocab_size = self.config.text_config.vocab_size
+            loss = self.llava.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+        cost = full_cost = None
+        if priced:
+            args = (
+                input_ids,
+                attention_mask,
+                hidden.shape[1],
+                past_length,
+                logits_to_keep,
+                pixel_values is not None,
             )
+            cost, full_cost = self._price(*args, plan=plan), self._price(*args, plan=None)
+            self._record(adallava_sink, cost=cost, full_cost=full_cost, plan=plan, budget=fractions,
+                         prefill_tokens=attention_mask.sum(-1).cpu())  # fmt: skip
         return AdaLlavaOutput(
             loss=loss,
             logits=logits,
@@ -285,7 +302,70 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             budget=fractions,
             latency_positions=lat_positions,
             scheduler_logits=scheduler_logits,
+            cost=cost,
+            full_cost=full_cost,
         )
+
+    def _base_forward(
+        self, input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
+        use_cache, logits_to_keep, past_length, priced, sink, **kwargs,
+    ) -> AdaLlavaOutput:  # fmt: skip
+        """The unmodified HF model (no latency token, no scheduler), plus the cost of what it ran."""
+        out = self.llava(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        cost = None
+        if priced:
+            batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+            if attention_mask is None:
+                attention_mask = torch.ones(batch, past_length + length, dtype=torch.long)
+            cost = self._price(
+                input_ids, attention_mask, length, past_length, logits_to_keep, pixel_values is not None
+            )
+            self._record(sink, cost=cost, full_cost=cost, plan=None, budget=None,
+                         prefill_tokens=attention_mask.sum(-1).cpu())  # fmt: skip
+        return AdaLlavaOutput(
+            loss=out.loss, logits=out.logits, past_key_values=out.past_key_values, cost=cost, full_cost=cost
+        )
+
+    def _price(
+        self,
+        input_ids,
+        attention_mask,
+        length: int,
+        past_length: int,
+        logits_to_keep,
+        with_vision: bool,
+        plan: ExecutionPlan | None = None,
+    ) -> BatchCost:
+        """Per-row FLOPs of this call: a prefill (empty cache) or `length` steps after the cache."""
+        real = attention_mask.sum(-1).cpu()  # [B] real tokens so far, past included
+        if past_length > 0:
+            if length == 1:
+                return price_decode_step(self.shape, real, plan)
+            return price_decode(self.shape, real - length, torch.full_like(real, length), plan)
+        if input_ids is not None:
+            image_tokens = (input_ids == self.config.image_token_id).sum(-1).cpu()
+        else:  # embeddings given: one image per row when pixels came with them
+            image_tokens = torch.full_like(real, self.shape.image_tokens_per_image if with_vision else 0)
+        keep = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else None
+        logits_tokens = real if keep is None else real.clamp(max=keep)
+        return price_prefill(self.shape, real, image_tokens, logits_tokens, plan, with_vision)
+
+    @staticmethod
+    def _record(sink: dict | None, **values) -> None:
+        """Hand prefill results to `generate`, which sees only the generated ids otherwise."""
+        if sink is not None and "cost" not in sink:
+            sink.update(values)
 
     def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
         """Token embeddings with image features scattered into the image-token slots, as HF Llava does."""
@@ -348,11 +428,15 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         """HF `generate` with a per-row budget (or plan). The plan is made once at prefill and reused
         for every new token. Right-padded batches are moved to left padding first (rows are rolled),
         so results do not depend on the padding side; returned sequences start with the prompt as
-        given. With `return_dict_in_generate=True` the output also carries `plan` and `budget`."""
+        given. With `return_dict_in_generate=True` the output (`AdaGenerateOutput`) also carries each
+        row's plan, budget, prefill FLOPs and decode FLOPs."""
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError(
                 "adaptive generation supports one sequence per row (num_beams=1, num_return_sequences=1)"
             )
+        if budget is not None and kwargs.get("use_cache") is False:
+            raise ValueError("generation with a budget needs the KV cache (the latency token lives there); "
+                             "drop use_cache=False")  # fmt: skip
         original_ids = input_ids
         if input_ids is not None and attention_mask is not None:
             input_ids, attention_mask = _to_left_padding(input_ids, attention_mask)
@@ -371,9 +455,35 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if isinstance(out, torch.Tensor):
             return sequences
         fields = {k: v for k, v in out.items() if k != "sequences"}
+        new_tokens = out.sequences[:, input_ids.shape[1] :] if input_ids is not None else out.sequences
         return AdaGenerateOutput(
-            sequences=sequences, plan=sink.get("plan", plan), budget=sink.get("budget"), **fields
+            sequences=sequences,
+            plan=sink.get("plan", plan),
+            budget=sink.get("budget"),
+            prefill_cost=sink.get("cost"),
+            full_prefill_cost=sink.get("full_cost"),
+            decode_cost=self._decode_cost(sink, new_tokens),
+            **fields,
         )
+
+    def _decode_cost(self, sink: dict, new_tokens: torch.Tensor) -> BatchCost | None:
+        """FLOPs of each row's decoding steps. The prefill produced the first new token; each later
+        token is one step, fed the previous token, up to the row's first end-of-sequence token."""
+        if "cost" not in sink:
+            return None
+        new_tokens = new_tokens.cpu()  # [B, G]
+        eos = self.generation_config.eos_token_id
+        eos = torch.tensor(
+            [] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long
+        )
+        is_eos = torch.isin(new_tokens, eos)
+        produced = torch.where(
+            is_eos.any(-1),
+            is_eos.float().argmax(-1) + 1,
+            torch.full_like(new_tokens[:, 0], new_tokens.shape[1]),
+        )  # [B] tokens up to and including the first EOS
+        steps = (produced - 1).clamp(min=0)
+        return price_decode(self.shape, sink["prefill_tokens"], steps, sink.get("plan"))
 
     def _update_model_kwargs_for_generation(
         self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1
@@ -388,9 +498,6 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                 model_kwargs["position_ids"] = insert_position_ids(model_kwargs["position_ids"], positions)
             model_kwargs["budget"] = None
             model_kwargs["plan"] = outputs.plan
-            sink = model_kwargs.get("adallava_sink")
-            if sink is not None:
-                sink["plan"], sink["budget"] = outputs.plan, outputs.budget
         return super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder, num_new_tokens
         )

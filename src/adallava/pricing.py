@@ -1,0 +1,116 @@
+"""Prices what a batch ran: the analytic cost model (`adallava.cost`) applied row by row.
+
+`cost.py` is pure and works on one row with plain numbers; this module turns tensors (attention
+masks, plans) into those numbers and collects the per-row `Cost`s of a batch in a `BatchCost`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adallava.cost import Cost, ModelShape, decode_cost, decode_step_cost, llm_prefill_flops, prefill_cost
+from adallava.plan import ExecutionPlan
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """Per-row costs of one phase. `vision`, `llm`, `lm_head`, `total`: float64 FLOPs tensors [B]."""
+
+    rows: tuple[Cost, ...]
+
+    def _column(self, name: str) -> torch.Tensor:
+        return torch.tensor([float(getattr(row, name)) for row in self.rows], dtype=torch.float64)
+
+    @property
+    def vision(self) -> torch.Tensor:
+        return self._column("vision")
+
+    @property
+    def llm(self) -> torch.Tensor:
+        return self._column("llm")
+
+    @property
+    def lm_head(self) -> torch.Tensor:
+        return self._column("lm_head")
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self._column("total")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, row: int) -> Cost:
+        return self.rows[row]
+
+    def summary(self, row: int) -> dict[str, int]:
+        """{vision, llm, lm_head, total} FLOPs of one row, JSON-ready."""
+        cost = self.rows[row]
+        return {"vision": cost.vision, "llm": cost.llm, "lm_head": cost.lm_head, "total": cost.total}
+
+
+def _plan_rows(plan: ExecutionPlan | None, batch: int) -> list[dict]:
+    """Per-row keyword arguments of the cost functions for a plan (None: everything runs)."""
+    if plan is None:
+        return [{} for _ in range(batch)]
+    layers = plan.layers.cpu().tolist()
+    if plan.heads is None:
+        return [{"layers": row} for row in layers]
+    head_units = plan.heads.sum(-1).cpu().tolist()  # [B, N]
+    return [{"layers": layers[r], "head_units": head_units[r]} for r in range(batch)]
+
+
+def full_llm_flops(shape: ModelShape, tokens: torch.Tensor) -> list[int]:
+    """Full decoder-stack prefill FLOPs of each row (what a budget fraction is a fraction of)."""
+    return [llm_prefill_flops(shape.text, int(t)) for t in tokens.tolist()]
+
+
+def price_prefill(
+    shape: ModelShape,
+    tokens: torch.Tensor,
+    image_tokens: torch.Tensor,
+    logits_tokens: torch.Tensor,
+    plan: ExecutionPlan | None,
+    with_vision: bool,
+) -> BatchCost:
+    """Cost of a prefill. tokens / image_tokens / logits_tokens: long [B] real tokens per row (image
+    tokens included, latency token included), of them image placeholders, positions through lm_head."""
+    per_image = shape.image_tokens_per_image if shape.vision is not None else 0
+    rows = []
+    for r, kwargs in enumerate(_plan_rows(plan, len(tokens))):
+        images = int(image_tokens[r]) // per_image if with_vision and per_image else 0
+        image_count = int(image_tokens[r])
+        rows.append(
+            prefill_cost(
+                shape,
+                image_tokens=image_count,
+                text_tokens=int(tokens[r]) - image_count,
+                logits_tokens=int(logits_tokens[r]),
+                num_images=images,
+                **kwargs,
+            )
+        )
+    return BatchCost(tuple(rows))
+
+
+def price_decode_step(shape: ModelShape, contexts: torch.Tensor, plan: ExecutionPlan | None) -> BatchCost:
+    """Cost of one decoding step per row; contexts: long [B] keys attended (past + 1)."""
+    rows = _plan_rows(plan, len(contexts))
+    return BatchCost(
+        tuple(decode_step_cost(shape, int(c), **kw) for c, kw in zip(contexts.tolist(), rows, strict=True))
+    )
+
+
+def price_decode(
+    shape: ModelShape, past_tokens: torch.Tensor, new_tokens: torch.Tensor, plan: ExecutionPlan | None
+) -> BatchCost:
+    """Cost of `new_tokens[b]` decoding steps after `past_tokens[b]` cached positions, per row."""
+    rows = _plan_rows(plan, len(past_tokens))
+    return BatchCost(
+        tuple(
+            decode_cost(shape, int(p), int(n), **kw)
+            for p, n, kw in zip(past_tokens.tolist(), new_tokens.tolist(), rows, strict=True)
+        )
+    )
