@@ -21,7 +21,7 @@ from transformers import LlavaForConditionalGeneration
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
 from adallava.testing import tiny_inputs, tiny_llava_config  # noqa: E402
-from common import machine, time_call, write_json  # noqa: E402
+from common import machine, time_interleaved, write_json  # noqa: E402
 
 
 def build(args) -> AdaLlava:
@@ -77,28 +77,41 @@ def main() -> None:
         with torch.no_grad():
             return model(**inputs, logits_to_keep=1, use_cache=True, **kw)
 
-    rows = []
-    base = time_call(lambda: prefill(), args.repeats)
-    rows.append({"budget": None, "layers_run": args.layers, **base})
-    for budget in (1.0, 0.75, 0.5):
-        timing = time_call(lambda b=budget: prefill(budget=b), args.repeats)
-        layers_run = int(prefill(budget=budget).plan.layers[0].sum())
-        rows.append({"budget": budget, "layers_run": layers_run, **timing})
-    full_ms = rows[1]["median_ms"]
+    budgets = (1.0, 0.75, 0.5)
+    calls = {"base": lambda: prefill()} | {str(b): (lambda b=b: prefill(budget=b)) for b in budgets}
+    mixed_budgets = None
+    if args.batch >= 4:
+        mixed_budgets = torch.tensor([0.5, 0.75, 1.0, 0.75] * (args.batch // 4), device=args.device)
+        calls["mixed"] = lambda: prefill(budget=mixed_budgets)
+    timings = time_interleaved(calls, args.repeats)
+
+    rows = [{"budget": None, "layers_run": args.layers, **timings["base"]}]
+    for budget in budgets:
+        out = prefill(budget=budget)
+        layers_run = int(out.plan.layers[0].sum())
+        flops_ratio = float((out.cost.total / out.full_cost.total).mean())  # the cost model's ideal
+        rows.append(
+            {
+                "budget": budget,
+                "layers_run": layers_run,
+                "ideal_flops_ratio": flops_ratio,
+                **timings[str(budget)],
+            }
+        )
+    full_ms, base_ms = rows[1]["median_ms"], rows[0]["median_ms"]
     for row in rows[1:]:
         row["ideal_layer_ratio"] = row["layers_run"] / args.layers
         row["measured_time_ratio"] = row["median_ms"] / full_ms
+        row["time_ratio_vs_base"] = row["median_ms"] / base_ms
 
     mixed = None
-    if args.batch >= 4:
-        budgets = torch.tensor([0.5, 0.75, 1.0, 0.75] * (args.batch // 4), device=args.device)
-        mixed_timing = time_call(lambda: prefill(budget=budgets), args.repeats)
-        layers = prefill(budget=budgets).plan.layers.sum().item()
+    if mixed_budgets is not None:
+        layers = prefill(budget=mixed_budgets).plan.layers.sum().item()
         mixed = {
-            "budgets": budgets.tolist(),
-            **mixed_timing,
+            "budgets": mixed_budgets.tolist(),
+            **timings["mixed"],
             "ideal_layer_ratio": layers / (args.layers * args.batch),
-            "measured_time_ratio": mixed_timing["median_ms"] / full_ms,
+            "measured_time_ratio": timings["mixed"]["median_ms"] / full_ms,
         }
 
     payload = {
@@ -113,12 +126,16 @@ def main() -> None:
         f"prefill, {args.layers} layers x hidden {args.hidden}, {tokens} tokens, batch {args.batch}, "
         f"{args.dtype} on {args.device}"
     )
-    print(f"{'budget':>7} {'layers':>6} {'ms':>9} {'time ratio':>10} {'ideal (layers)':>14}")
-    print(f"{'base':>7} {args.layers:>6} {base['median_ms']:>9.1f}")
+    print(
+        f"{'budget':>7} {'layers':>6} {'ms':>9} {'time ratio':>10} {'ideal (layers)':>14} "
+        f"{'ideal (FLOPs)':>13} {'vs base':>8}"
+    )
+    print(f"{'base':>7} {args.layers:>6} {rows[0]['median_ms']:>9.1f}")
     for row in rows[1:]:
         print(
             f"{row['budget']:>7} {row['layers_run']:>6} {row['median_ms']:>9.1f} "
-            f"{row['measured_time_ratio']:>10.3f} {row['ideal_layer_ratio']:>14.3f}"
+            f"{row['measured_time_ratio']:>10.3f} {row['ideal_layer_ratio']:>14.3f} "
+            f"{row['ideal_flops_ratio']:>13.3f} {row['time_ratio_vs_base']:>8.3f}"
         )
     if mixed:
         print(

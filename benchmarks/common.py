@@ -46,6 +46,28 @@ def time_call(fn, repeats: int, warmup: int = 1) -> dict:
     }
 
 
+def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:
+    """Time several callables round-robin, so slow drifts of a shared machine hit all of them alike.
+    Returns {name: {median_ms, min_ms, max_ms, n}}."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: {"median_ms": statistics.median(s), "min_ms": min(s), "max_ms": max(s), "n": repeats}
+        for name, s in samples.items()
+    }
+
+
 def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     out_dir = out_dir or RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,10 @@ def tiny_llava_config(
     vision_layers: int = 2,
     vision_hidden: int = 48,
     attn_implementation: str = "eager",
+    text_kwargs: dict | None = None,
 ) -> LlavaConfig:
-    """A LlavaConfig with a CLIP tower and a Llama/Qwen2/Mistral text model of the given shape."""
+    """A LlavaConfig with a CLIP tower and a Llama/Qwen2/Mistral text model of the given shape;
+    `text_kwargs` go to the text config (e.g. sliding_window for Mistral)."""
     if text_model not in TEXT_CONFIGS:
         raise ValueError(f"text_model must be one of {sorted(TEXT_CONFIGS)}, got {text_model!r}")
     text_config = TEXT_CONFIGS[text_model](
@@ -50,6 +52,7 @@ def tiny_llava_config(
         bos_token_id=1,
         eos_token_id=2,
         tie_word_embeddings=False,
+        **(text_kwargs or {}),
     )
     vision_config = CLIPVisionConfig(
         hidden_size=vision_hidden,
