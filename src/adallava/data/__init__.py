@@ -1,0 +1,1 @@
+"""Data: the synthetic world, LLaVA-format conversation datasets and their collator."""
