@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,29 @@ from transformers.utils import ModelOutput
 
 from adallava.budget import budget_fractions, min_fraction, upper_units_for_fraction
 from adallava.config import AdaptiveConfig
-from adallava.cost import ModelShape
+from adallava.cost import ModelShape, head_unit_flops, layer_unit_flops, mlp_group_flops
+from adallava.heads import SliceCache, UnitGates, geometry_of
 from adallava.latency import IGNORE_INDEX, LatencyEncoder, insert_at, insert_position_ids, latency_positions
 from adallava.plan import ExecutionPlan
 from adallava.pricing import BatchCost, full_llm_flops, price_decode, price_decode_step, price_prefill
-from adallava.scheduler import SchedulerHead, greedy_mask, gumbel_topk_mask, sample_mask_straight_through
-from adallava.switches import call_layer, prepare_layer_inputs, run_layer_gated, run_layer_skipping
+from adallava.scheduler import (
+    SchedulerHead,
+    fit_in_order,
+    greedy_mask,
+    gumbel_noise,
+    gumbel_topk_mask,
+    official_head_selection,
+    sample_fit_straight_through,
+    sample_mask_straight_through,
+)
+from adallava.switches import (
+    CacheSlots,
+    call_layer,
+    prepare_layer_inputs,
+    run_layer_gated,
+    run_layer_head_plan,
+    run_layer_skipping,
+)
 
 ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
@@ -93,14 +111,33 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         text_config = config.text_config
         self.num_layers = text_config.num_hidden_layers
         self.adaptive = (adaptive or AdaptiveConfig()).resolve(self.num_layers)
-        if self.adaptive.switches != "layer":
-            raise NotImplementedError(
-                "head switches (AdaLLaVA-H) are not implemented yet; use switches='layer'"
-            )
         self.num_prefix = self.adaptive.num_prefix_layers
         self.shape = ModelShape.from_config(config)
+        self.slices = SliceCache()  # sliced layers of head plans, built once per plan
+        upper = self.num_layers - self.num_prefix
+        if self.adaptive.switches == "head":
+            self.geometry = geometry_of(text_config, self.adaptive.mlp_groups)
+            head_units, groups, rank = self.geometry.head_units, self.geometry.mlp_groups, self.adaptive.rank
+            if head_units % rank:
+                raise ValueError(
+                    f"AdaptiveConfig.rank must divide the {head_units} head units per layer, got {rank}"
+                )
+            if self.adaptive.selection == "official" and groups != head_units:
+                raise ValueError(
+                    f"the official head selection needs mlp_groups == head units ({head_units}), got {groups}"
+                )
+            # Budget units as the official checkpoints count them: `rank` head units per unit.
+            self.total_units, self.prefix_units = (
+                self.num_layers * head_units // rank,
+                self.num_prefix * head_units // rank,
+            )
+            num_switches = upper * (head_units + groups)
+        else:
+            self.geometry = geometry_of(text_config, None)
+            self.total_units, self.prefix_units = self.num_layers, self.num_prefix
+            num_switches = upper
         self.latency_encoder = LatencyEncoder(text_config.hidden_size, self.adaptive.latency_frequencies)
-        self.scheduler = SchedulerHead(text_config.hidden_size, self.num_layers - self.num_prefix)
+        self.scheduler = SchedulerHead(text_config.hidden_size, num_switches)
         self._init_adaptive_weights(text_config.initializer_range)
         self.post_init()
 
@@ -175,10 +212,11 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         """The smallest fraction a budget may be: the prefix layers' share of the decoder stack."""
         return min_fraction(self.num_layers, self.num_prefix)
 
-    def upper_layers_for(self, fractions: torch.Tensor) -> torch.Tensor:
-        """How many upper layers each row's budget buys (layers cost the same): long [B]."""
+    def units_for(self, fractions: torch.Tensor) -> torch.Tensor:
+        """Budget units each row's fraction buys: n = floor(Nu * b) - Pu (DESIGN.md). For layer
+        switches these are upper layers; for head switches, groups of `rank` head units. long [B]."""
         return torch.tensor(
-            [upper_units_for_fraction(self.num_layers, self.num_prefix, float(f)) for f in fractions],
+            [upper_units_for_fraction(self.total_units, self.prefix_units, float(f)) for f in fractions],
             dtype=torch.long,
         )
 
@@ -236,9 +274,11 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             # The request's tokens include its latency token; absolute caps are converted against that.
             full_llm = full_llm_flops(self.shape, attention_mask.sum(-1).cpu() + 1)
             fractions = budget_fractions(budget, batch, self.b_min, full_llm)
-            units = self.upper_layers_for(fractions).to(hidden.device)  # [B]
+            units = self.units_for(fractions).to(hidden.device)  # [B]
             lat_positions = latency_positions(attention_mask, labels)  # [B]
-            token = self.latency_encoder(units, self.num_layers, self.num_prefix).to(hidden.dtype)  # [B, D]
+            token = self.latency_encoder(units, self.total_units, self.prefix_units).to(
+                hidden.dtype
+            )  # [B, D]
             hidden = insert_at(hidden, lat_positions, token)  # [B, T+1, D]
             attention_mask = insert_at(attention_mask, lat_positions, 1)
             position_ids = insert_position_ids(position_ids, lat_positions)
@@ -258,17 +298,42 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             text_model, hidden, attention_mask, position_ids, past_key_values, use_cache
         )
 
-        for index, layer in enumerate(text_model.layers[: self.num_layers]):
-            if budget is not None and index == self.num_prefix:
-                latency_hidden = hidden[torch.arange(batch, device=hidden.device), lat_positions]  # [B, D]
-                scheduler_logits = self.scheduler(latency_hidden)  # [B, N - P]
-                plan, gates = self._choose_plan(scheduler_logits, units, sample_plan, generator)
-            if budget is not None and index < self.num_prefix:
-                hidden = call_layer(layer, hidden, index, inputs)
-            elif gates is not None:
-                hidden = run_layer_gated(layer, hidden, index, inputs, gates[:, index - self.num_prefix])
-            else:
-                hidden = run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])
+        slots = CacheSlots(past_key_values if use_cache else None, self.num_layers)
+        with ExitStack() as stack:
+            for index, layer in enumerate(text_model.layers[: self.num_layers]):
+                if budget is not None and index == self.num_prefix:
+                    latency_hidden = hidden[
+                        torch.arange(batch, device=hidden.device), lat_positions
+                    ]  # [B, D]
+                    scheduler_logits = self.scheduler(latency_hidden)  # [B, switches]
+                    tokens = attention_mask.sum(-1).cpu()  # [B] real tokens, latency token included
+                    plan, gates = self._choose_plan(
+                        scheduler_logits, units, fractions, tokens, sample_plan, generator
+                    )
+                    if gates is not None and plan.heads is not None:
+                        unit_gates = stack.enter_context(UnitGates(text_model.layers, self.geometry))
+                if budget is not None and index < self.num_prefix:
+                    hidden = call_layer(layer, hidden, index, inputs)
+                elif gates is not None and plan.heads is None:
+                    hidden = run_layer_gated(layer, hidden, index, inputs, gates[:, index - self.num_prefix])
+                elif gates is not None:
+                    head_gates, mlp_gates = gates
+                    unit_gates.set(
+                        index, head_gates[:, index - self.num_prefix], mlp_gates[:, index - self.num_prefix]
+                    )
+                    hidden = call_layer(layer, hidden, index, inputs)
+                elif plan.heads is None or bool(plan.heads[:, index].all() and plan.mlp[:, index].all()):
+                    hidden = run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])
+                else:
+                    geometry = (
+                        self.geometry
+                        if plan.mlp.shape[-1] == self.geometry.mlp_groups
+                        else (geometry_of(self.config.text_config, plan.mlp.shape[-1]))
+                    )
+                    heads, mlp = plan.heads[:, index], plan.mlp[:, index]
+                    off = ~plan.layers[:, index, None]  # an off layer runs nothing
+                    hidden = run_layer_head_plan(layer, hidden, index, inputs, heads & ~off, mlp & ~off,
+                                                 self.slices, geometry, slots)  # fmt: skip
 
         hidden = text_model.norm(hidden)
         kept = (
@@ -391,20 +456,29 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if plan.num_layers != self.num_layers:
             raise ValueError(f"plan covers {plan.num_layers} layers but the model has {self.num_layers}")
         if plan.heads is not None:
-            raise NotImplementedError("head plans need head switches (AdaLLaVA-H), not implemented yet")
+            units = self.geometry.head_units
+            if plan.heads.shape[-1] != units:
+                raise ValueError(
+                    f"plan.heads has {plan.heads.shape[-1]} head units per layer; the model has {units}"
+                )
+            if plan.mlp.shape[-1] > self.config.text_config.intermediate_size:
+                raise ValueError(f"plan.mlp has more groups ({plan.mlp.shape[-1]}) than MLP neurons")
         plan = plan.expand(batch).to(device)
-        if not bool(plan.layers[:, 0].all()):
+        if not bool(plan.layers[:, 0].all()) or (
+            plan.heads is not None and not bool(plan.heads[:, 0].all() and plan.mlp[:, 0].all())
+        ):
             raise ValueError(
-                "plan switches off layer 0 for some row; layer 0 must always run (it holds the "
-                "sequence length of the KV cache)"
+                "plan switches off (part of) layer 0 for some row; layer 0 must always run in full (it "
+                "holds the sequence length of the KV cache)"
             )
         return plan
 
-    def _choose_plan(
-        self, logits: torch.Tensor, units: torch.Tensor, sample: bool, generator: torch.Generator | None
-    ) -> tuple[ExecutionPlan, torch.Tensor | None]:
+    def _choose_plan(self, logits, units, fractions, tokens, sample, generator):
         """Training (grad enabled): straight-through Gumbel samples, returned as gates. Otherwise the
-        most probable plan, or a seeded sample. Every plan has exactly units[b] upper layers on."""
+        most probable plan, or a seeded sample. Layer plans have exactly units[b] upper layers on;
+        head plans take units in scheduler order while they fit the row's FLOPs budget."""
+        if self.adaptive.switches == "head":
+            return self._choose_head_plan(logits, units, fractions, tokens, sample, generator)
         gates = None
         if self.training and torch.is_grad_enabled():
             gates = sample_mask_straight_through(logits, units, self.adaptive.tau, generator)  # [B, N-P]
@@ -415,6 +489,54 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             upper = greedy_mask(logits, units)
         prefix = torch.ones(logits.shape[0], self.num_prefix, dtype=torch.bool, device=logits.device)
         return ExecutionPlan(torch.cat([prefix, upper], dim=-1)), gates
+
+    def _choose_head_plan(self, logits, units, fractions, tokens, sample, generator):
+        batch, upper = logits.shape[0], self.num_layers - self.num_prefix
+        head_units, groups = self.geometry.head_units, self.geometry.mlp_groups
+        gates = None
+        training = self.training and torch.is_grad_enabled()
+        if self.adaptive.selection == "official" and not training:
+            noise = gumbel_noise(logits.shape, logits.device, generator) if sample else None
+            view = (batch, upper, head_units + groups)
+            heads, mlp = official_head_selection(
+                logits.view(view),
+                units,
+                head_units,
+                self.adaptive.rank,
+                None if noise is None else noise.view(view),
+            )
+        else:
+            costs, capacity = self._unit_costs(tokens, fractions)  # [B, S], [B] FLOPs
+            costs, capacity = costs.to(logits.device), capacity.to(logits.device)
+            if training:
+                soft = sample_fit_straight_through(logits, costs, capacity, self.adaptive.tau, generator)
+                on = soft.detach() > 0.5
+                soft = soft.view(batch, upper, head_units + groups)
+                gates = (soft[..., :head_units], soft[..., head_units:])
+            else:
+                scores = logits + gumbel_noise(logits.shape, logits.device, generator) if sample else logits
+                on = fit_in_order(scores, costs, capacity)
+            on = on.view(batch, upper, head_units + groups)
+            heads, mlp = on[..., :head_units], on[..., head_units:]
+        full = torch.ones(batch, self.num_prefix, 1, dtype=torch.bool, device=logits.device)
+        heads = torch.cat([full.expand(-1, -1, head_units), heads], dim=1)  # [B, N, H]
+        mlp = torch.cat([full.expand(-1, -1, groups), mlp], dim=1)  # [B, N, G]
+        layers = torch.ones(batch, self.num_layers, dtype=torch.bool, device=logits.device)
+        return ExecutionPlan.from_masks(layers, heads, mlp), gates
+
+    def _unit_costs(self, tokens: torch.Tensor, fractions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FLOPs of each switch (per upper layer: head units, then MLP groups) for each row's token
+        count, and each row's capacity: its budget minus what the prefix layers cost."""
+        text, upper = self.shape.text, self.num_layers - self.num_prefix
+        sizes = self.geometry.group_sizes()
+        rows, capacity = [], []
+        for count, fraction in zip(tokens.tolist(), fractions.tolist(), strict=True):
+            per_layer = [head_unit_flops(text, count, count)] * self.geometry.head_units
+            per_layer += [mlp_group_flops(text, count, size) for size in sizes]
+            rows.append(per_layer * upper)
+            layer = layer_unit_flops(text, count, count)
+            capacity.append(fraction * self.num_layers * layer - self.num_prefix * layer)
+        return torch.tensor(rows, dtype=torch.float64), torch.tensor(capacity, dtype=torch.float64)
 
     # ---- generation ---------------------------------------------------------------------------
     def generate(

@@ -52,7 +52,7 @@ class BatchCost:
         return {"vision": cost.vision, "llm": cost.llm, "lm_head": cost.lm_head, "total": cost.total}
 
 
-def _plan_rows(plan: ExecutionPlan | None, batch: int) -> list[dict]:
+def _plan_rows(shape: ModelShape, plan: ExecutionPlan | None, batch: int) -> list[dict]:
     """Per-row keyword arguments of the cost functions for a plan (None: everything runs), as
     tuples so that identical rows hit the price cache."""
     if plan is None:
@@ -61,7 +61,13 @@ def _plan_rows(plan: ExecutionPlan | None, batch: int) -> list[dict]:
     if plan.heads is None:
         return [{"layers": row} for row in layers]
     head_units = [tuple(row) for row in plan.heads.sum(-1).cpu().tolist()]  # [B][N]
-    return [{"layers": layers[r], "head_units": head_units[r]} for r in range(batch)]
+    groups = plan.mlp.shape[-1]
+    base, extra = divmod(shape.text.intermediate_size, groups)  # the first I % G groups are one larger
+    sizes = torch.tensor([base + (g < extra) for g in range(groups)], dtype=torch.long)
+    neurons = [tuple(row) for row in (plan.mlp.cpu().long() * sizes).sum(-1).tolist()]  # [B][N]
+    return [
+        {"layers": layers[r], "head_units": head_units[r], "mlp_neurons": neurons[r]} for r in range(batch)
+    ]
 
 
 # Serving and evaluation price the same (shape, tokens, plan) again and again; the cost model is
@@ -87,7 +93,7 @@ def price_prefill(
     tokens included, latency token included), of them image placeholders, positions through lm_head."""
     per_image = shape.image_tokens_per_image if shape.vision is not None else 0
     rows = []
-    for r, kwargs in enumerate(_plan_rows(plan, len(tokens))):
+    for r, kwargs in enumerate(_plan_rows(shape, plan, len(tokens))):
         images = int(image_tokens[r]) // per_image if with_vision and per_image else 0
         image_count = int(image_tokens[r])
         rows.append(
@@ -105,7 +111,7 @@ def price_prefill(
 
 def price_decode_step(shape: ModelShape, contexts: torch.Tensor, plan: ExecutionPlan | None) -> BatchCost:
     """Cost of one decoding step per row; contexts: long [B] keys attended (past + 1)."""
-    rows = _plan_rows(plan, len(contexts))
+    rows = _plan_rows(shape, plan, len(contexts))
     return BatchCost(
         tuple(_decode_step_cost(shape, int(c), **kw) for c, kw in zip(contexts.tolist(), rows, strict=True))
     )
@@ -115,7 +121,7 @@ def price_decode(
     shape: ModelShape, past_tokens: torch.Tensor, new_tokens: torch.Tensor, plan: ExecutionPlan | None
 ) -> BatchCost:
     """Cost of `new_tokens[b]` decoding steps after `past_tokens[b]` cached positions, per row."""
-    rows = _plan_rows(plan, len(past_tokens))
+    rows = _plan_rows(shape, plan, len(past_tokens))
     return BatchCost(
         tuple(
             decode_cost(shape, int(p), int(n), **kw)

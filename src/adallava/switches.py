@@ -10,6 +10,7 @@ position_ids, past_key_values, use_cache) -- Llama, Qwen2, Mistral in transforme
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -117,3 +118,55 @@ def run_layer_gated(
     out = call_layer(layer, hidden, layer_index, inputs)
     gate = gate.to(hidden.dtype)[:, None, None]  # [B, 1, 1]
     return hidden + gate * (out - hidden)
+
+
+class CacheSlots:
+    """KV-cache slots for row groups of head-switched layers.
+
+    Rows of one layer that run different head units cannot share one cache tensor (their numbers of
+    KV heads differ), so each (layer, plan group) gets a slot of its own beyond the model's N layers.
+    Slots are handed out in a fixed order (layers in order, groups in sorted mask order), and the
+    plan is fixed after prefill, so every decoding step finds its rows' entries in the same slot.
+    """
+
+    def __init__(self, cache, num_layers: int):
+        self.cache, self.next = cache, num_layers
+
+    def take(self, like_layer: int) -> int:
+        index, self.next = self.next, self.next + 1
+        if self.cache is not None:
+            # A fresh slot of the same kind as the layer's own (e.g. a sliding window). The layer's own
+            # slot is never written under head switches, so a copy of it is empty.
+            while len(self.cache.layers) <= index:
+                self.cache.layers.append(copy.deepcopy(self.cache.layers[like_layer]))
+        return index
+
+
+def run_layer_head_plan(layer: nn.Module, hidden: torch.Tensor, layer_index: int, inputs: LayerInputs,
+                        heads: torch.Tensor, mlp: torch.Tensor, slices, geometry, slots: CacheSlots
+                        ) -> torch.Tensor:  # fmt: skip
+    """Inference under head/neuron switches: rows are grouped by their (heads, MLP groups) plan for
+    this layer; each group runs a layer whose weights were sliced to its plan (built once, cached),
+    on its rows only. heads: bool [B, H]; mlp: bool [B, G]."""
+    masks = torch.cat([heads, mlp], dim=-1)  # [B, H + G]
+    groups, assignment = torch.unique(masks.cpu(), dim=0, return_inverse=True)  # sorted: a fixed order
+    out = hidden
+    for group, mask in enumerate(groups):
+        if not bool(mask.any()):
+            continue  # everything off: the layer is an identity for these rows
+        rows = (assignment == group).nonzero().flatten().to(hidden.device)  # [R]
+        group_heads, group_mlp = mask[: heads.shape[1]], mask[heads.shape[1] :]
+        sliced = slices.get(layer_index, layer, geometry, group_heads, group_mlp)
+        batch = hidden.shape[0]
+        cos, sin = inputs.position_embeddings
+        result = sliced(
+            hidden.index_select(0, rows),
+            attention_mask=_rows(inputs.mask_for(layer_index), rows, batch),
+            position_embeddings=(_rows(cos, rows, batch), _rows(sin, rows, batch)),
+            position_ids=_rows(inputs.position_ids, rows, batch),
+            past_key_values=inputs.past_key_values,
+            use_cache=inputs.use_cache,
+            cache_index=slots.take(layer_index) if bool(group_heads.any()) else None,
+        )
+        out = out.index_copy(0, rows, result)
+    return out
