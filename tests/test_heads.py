@@ -249,3 +249,18 @@ def test_head_config_errors_name_the_field(base_llava):
         AdaLlava.from_base(base_llava, AdaptiveConfig(switches="head", rank=3))
     with pytest.raises(ValueError, match="mlp_groups"):
         AdaLlava.from_base(base_llava, AdaptiveConfig(switches="head", rank=1, mlp_groups=10_000))
+
+
+def test_masked_fallback_equals_sliced_execution(family):
+    base, model = family
+    inputs = tiny_inputs(base.config, [4, 9, 6], "left", seed=18)
+    plan = random_head_plan(3, model.geometry.head_units, model.geometry.mlp_groups, seed=19)
+    with torch.no_grad():
+        sliced = model(**inputs, plan=plan).logits
+        model.head_execution = "masked"
+        try:
+            masked = model(**inputs, plan=plan).logits
+        finally:
+            model.head_execution = "sliced"
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(masked[real], sliced[real], atol=1e-5, rtol=0)

@@ -114,6 +114,10 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         self.num_prefix = self.adaptive.num_prefix_layers
         self.shape = ModelShape.from_config(config)
         self.slices = SliceCache()  # sliced layers of head plans, built once per plan
+        # How head plans run at inference: "sliced" (rows grouped by plan, each group on weights
+        # sliced to its plan) or "masked" (every row runs full layers with off units zeroed; no
+        # saving, but one batched matmul whatever the mix of plans). See benchmarks/bench_heads.py.
+        self.head_execution = "sliced"
         upper = self.num_layers - self.num_prefix
         if self.adaptive.switches == "head":
             self.geometry = geometry_of(text_config, self.adaptive.mlp_groups)
@@ -300,40 +304,20 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
 
         slots = CacheSlots(past_key_values if use_cache else None, self.num_layers)
         with ExitStack() as stack:
+            unit_gates = None
             for index, layer in enumerate(text_model.layers[: self.num_layers]):
                 if budget is not None and index == self.num_prefix:
-                    latency_hidden = hidden[
-                        torch.arange(batch, device=hidden.device), lat_positions
-                    ]  # [B, D]
-                    scheduler_logits = self.scheduler(latency_hidden)  # [B, switches]
+                    rows = torch.arange(batch, device=hidden.device)
+                    scheduler_logits = self.scheduler(hidden[rows, lat_positions])  # [B, switches]
                     tokens = attention_mask.sum(-1).cpu()  # [B] real tokens, latency token included
                     plan, gates = self._choose_plan(
                         scheduler_logits, units, fractions, tokens, sample_plan, generator
                     )
-                    if gates is not None and plan.heads is not None:
-                        unit_gates = stack.enter_context(UnitGates(text_model.layers, self.geometry))
-                if budget is not None and index < self.num_prefix:
-                    hidden = call_layer(layer, hidden, index, inputs)
-                elif gates is not None and plan.heads is None:
-                    hidden = run_layer_gated(layer, hidden, index, inputs, gates[:, index - self.num_prefix])
-                elif gates is not None:
-                    head_gates, mlp_gates = gates
-                    unit_gates.set(
-                        index, head_gates[:, index - self.num_prefix], mlp_gates[:, index - self.num_prefix]
-                    )
-                    hidden = call_layer(layer, hidden, index, inputs)
-                elif plan.heads is None or bool(plan.heads[:, index].all() and plan.mlp[:, index].all()):
-                    hidden = run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])
-                else:
-                    geometry = (
-                        self.geometry
-                        if plan.mlp.shape[-1] == self.geometry.mlp_groups
-                        else (geometry_of(self.config.text_config, plan.mlp.shape[-1]))
-                    )
-                    heads, mlp = plan.heads[:, index], plan.mlp[:, index]
-                    off = ~plan.layers[:, index, None]  # an off layer runs nothing
-                    hidden = run_layer_head_plan(layer, hidden, index, inputs, heads & ~off, mlp & ~off,
-                                                 self.slices, geometry, slots)  # fmt: skip
+                needs_gates = gates is not None or self.head_execution == "masked"
+                if unit_gates is None and plan is not None and plan.heads is not None and needs_gates:
+                    geometry = self._geometry_for(plan)
+                    unit_gates = stack.enter_context(UnitGates(text_model.layers, geometry))
+                hidden = self._run_layer(layer, index, hidden, inputs, plan, gates, unit_gates, slots)
 
         hidden = text_model.norm(hidden)
         kept = (
@@ -431,6 +415,34 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         """Hand prefill results to `generate`, which sees only the generated ids otherwise."""
         if sink is not None and "cost" not in sink:
             sink.update(values)
+
+    def _run_layer(self, layer, index, hidden, inputs, plan, gates, unit_gates, slots) -> torch.Tensor:
+        """One decoder layer under the plan (see the module docstring of `switches`)."""
+        if plan is None:  # budget mode, before the scheduler: the prefix runs for every row
+            return call_layer(layer, hidden, index, inputs)
+        upper = index - self.num_prefix
+        if gates is not None and plan.heads is None:  # training, layer switches
+            return run_layer_gated(layer, hidden, index, inputs, gates[:, upper])
+        if gates is not None:  # training, head switches: unit outputs scaled by their switches
+            unit_gates.set(index, gates[0][:, upper], gates[1][:, upper])
+            return call_layer(layer, hidden, index, inputs)
+        if plan.heads is None or bool(plan.heads[:, index].all() and plan.mlp[:, index].all()):
+            return run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])
+        on = plan.layers[:, index, None]  # a layer switched off runs none of its units
+        heads, mlp = plan.heads[:, index] & on, plan.mlp[:, index] & on
+        if unit_gates is not None:  # the masked fallback: full compute, off units zeroed
+            unit_gates.set(index, heads.to(hidden.dtype), mlp.to(hidden.dtype))
+            return call_layer(layer, hidden, index, inputs)
+        return run_layer_head_plan(
+            layer, hidden, index, inputs, heads, mlp, self.slices, self._geometry_for(plan), slots
+        )
+
+    def _geometry_for(self, plan: ExecutionPlan):
+        """Unit geometry of a head plan (explicit plans may use another number of MLP groups)."""
+        groups = plan.mlp.shape[-1]
+        if groups == self.geometry.mlp_groups:
+            return self.geometry
+        return geometry_of(self.config.text_config, groups)
 
     def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
         """Token embeddings with image features scattered into the image-token slots, as HF Llava does."""
