@@ -6,7 +6,7 @@ Three modes of one model (DESIGN.md):
 - `budget=...`: the latency token is inserted after each row's prompt, the scheduler reads it at the
   input of layer P and picks the plan; the plan is then reused for every decoded token.
 
-The HF model is held by composition (`self.llava`); its decoder layers, rotary tables, masks, norm and
+The HF model is held by composition (`self.base`); its decoder layers, rotary tables, masks, norm and
 head are called as they are. Checkpoints are a plain HF Llava folder plus two adaptive files, so
 `LlavaForConditionalGeneration.from_pretrained` still loads the base model from them.
 """
@@ -95,7 +95,7 @@ class AdaGenerateOutput(GenerateDecoderOnlyOutput):
 class AdaLlava(PreTrainedModel, GenerationMixin):
     config_class = LlavaConfig
     main_input_name = "input_ids"
-    base_model_prefix = "llava"
+    base_model_prefix = "base"
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
@@ -107,8 +107,8 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         base: LlavaForConditionalGeneration | None = None,
     ):
         super().__init__(config)
-        self.llava = base if base is not None else LlavaForConditionalGeneration(config)
-        text_config = config.text_config
+        self.base = base if base is not None else self._new_base(config)
+        self.text_config = text_config = config.get_text_config()
         self.num_layers = text_config.num_hidden_layers
         self.adaptive = (adaptive or AdaptiveConfig()).resolve(self.num_layers)
         self.num_prefix = self.adaptive.num_prefix_layers
@@ -161,8 +161,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
     ) -> AdaLlava:
         """Make a HF Llava adaptive. The base modules are shared, not copied; the scheduler and
         latency encoder are freshly initialised (on the base model's device and dtype)."""
-        if not isinstance(base, LlavaForConditionalGeneration):
-            raise TypeError(f"from_base expects a LlavaForConditionalGeneration, got {type(base).__name__}")
+        cls._check_base(base)
         model = cls(base.config, adaptive, base=base)
         model.generation_config = base.generation_config
         reference = next(base.parameters())
@@ -176,7 +175,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         kwargs.pop("safe_serialization", None)
-        self.llava.save_pretrained(directory, **kwargs)
+        self.base.save_pretrained(directory, **kwargs)
         (directory / ADAPTIVE_CONFIG_FILE).write_text(json.dumps(self.adaptive.to_dict(), indent=2) + "\n")
         tensors = {f"latency_encoder.{k}": v for k, v in self.latency_encoder.state_dict().items()}
         tensors |= {f"scheduler.{k}": v for k, v in self.scheduler.state_dict().items()}
@@ -199,7 +198,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                 "AdaLlava.from_base(LlavaForConditionalGeneration.from_pretrained(path), AdaptiveConfig())"
             )
         adaptive = AdaptiveConfig.from_dict(json.loads(config_file.read_text()))
-        base = LlavaForConditionalGeneration.from_pretrained(directory, **kwargs)
+        base = cls._load_base(directory, **kwargs)
         model = cls.from_base(base, adaptive)
         state = load_file(str(directory / ADAPTIVE_WEIGHTS_FILE))
         for prefix, module in (("latency_encoder.", model.latency_encoder), ("scheduler.", model.scheduler)):
@@ -226,7 +225,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
 
     # ---- forward ------------------------------------------------------------------------------
     def get_input_embeddings(self):
-        return self.llava.get_input_embeddings()
+        return self.base.get_input_embeddings()
 
     def forward(
         self,
@@ -294,10 +293,10 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             plan = self._check_plan(plan, batch, hidden.device)
 
         if use_cache is None:
-            use_cache = self.config.text_config.use_cache and not self.training
+            use_cache = self.text_config.use_cache and not self.training
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config.text_config)
-        text_model = self.llava.model.language_model
+            past_key_values = DynamicCache(config=self.text_config)
+        text_model = self.text_model
         inputs = prepare_layer_inputs(
             text_model, hidden, attention_mask, position_ids, past_key_values, use_cache
         )
@@ -325,11 +324,11 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             if isinstance(logits_to_keep, int) and logits_to_keep > 0
             else slice(None)
         )
-        logits = self.llava.lm_head(hidden[:, kept])
+        logits = self.base.lm_head(hidden[:, kept])
         loss = None
         if labels is not None:
-            vocab_size = self.config.text_config.vocab_size
-            loss = self.llava.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+            vocab_size = self.text_config.vocab_size
+            loss = self.base.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
         cost = full_cost = None
         if priced:
             args = (
@@ -360,9 +359,10 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         use_cache, logits_to_keep, past_length, priced, sink, **kwargs,
     ) -> AdaLlavaOutput:  # fmt: skip
         """The unmodified HF model (no latency token, no scheduler), plus the cost of what it ran."""
-        out = self.llava(
+        if pixel_values is not None:  # text-only bases take no pixel_values argument at all
+            kwargs["pixel_values"] = pixel_values
+        out = self.base(
             input_ids=input_ids,
-            pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -402,10 +402,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             if length == 1:
                 return price_decode_step(self.shape, real, plan)
             return price_decode(self.shape, real - length, torch.full_like(real, length), plan)
-        if input_ids is not None:
-            image_tokens = (input_ids == self.config.image_token_id).sum(-1).cpu()
-        else:  # embeddings given: one image per row when pixels came with them
-            image_tokens = torch.full_like(real, self.shape.image_tokens_per_image if with_vision else 0)
+        image_tokens = self._image_token_counts(input_ids, real, with_vision)
         keep = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else None
         logits_tokens = real if keep is None else real.clamp(max=keep)
         return price_prefill(self.shape, real, image_tokens, logits_tokens, plan, with_vision)
@@ -442,13 +439,46 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         groups = plan.mlp.shape[-1]
         if groups == self.geometry.mlp_groups:
             return self.geometry
-        return geometry_of(self.config.text_config, groups)
+        return geometry_of(self.text_config, groups)
+
+    # ---- what differs between base model kinds (AdaLLM overrides these) ----------------------------
+    @classmethod
+    def _new_base(cls, config):
+        return LlavaForConditionalGeneration(config)
+
+    @classmethod
+    def _load_base(cls, directory, **kwargs):
+        return LlavaForConditionalGeneration.from_pretrained(directory, **kwargs)
+
+    @classmethod
+    def _check_base(cls, base) -> None:
+        if not isinstance(base, LlavaForConditionalGeneration):
+            raise TypeError(
+                f"{cls.__name__}.from_base expects a LlavaForConditionalGeneration, got {type(base).__name__}"
+            )
+
+    @property
+    def llava(self) -> LlavaForConditionalGeneration:
+        """The wrapped Hugging Face Llava (shared, not copied)."""
+        return self.base
+
+    @property
+    def text_model(self):
+        """The HF decoder stack (embeddings, layers, rotary tables, final norm)."""
+        return self.base.model.language_model
+
+    def _image_token_counts(self, input_ids, real: torch.Tensor, with_vision: bool) -> torch.Tensor:
+        """Image placeholders per row (for pricing the vision tower and projector). long [B]."""
+        if input_ids is not None:
+            return (input_ids == self.config.image_token_id).sum(-1).cpu()
+        # embeddings given: one image per row when pixels came with them
+        return torch.full_like(real, self.shape.image_tokens_per_image if with_vision else 0)
 
     def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
         """Token embeddings with image features scattered into the image-token slots, as HF Llava does."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
-        llava_model = self.llava.model
+        llava_model = self.base.model
         if inputs_embeds is None:
             inputs_embeds = llava_model.get_input_embeddings()(input_ids)
         if pixel_values is not None:
@@ -473,7 +503,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"plan.heads has {plan.heads.shape[-1]} head units per layer; the model has {units}"
                 )
-            if plan.mlp.shape[-1] > self.config.text_config.intermediate_size:
+            if plan.mlp.shape[-1] > self.text_config.intermediate_size:
                 raise ValueError(f"plan.mlp has more groups ({plan.mlp.shape[-1]}) than MLP neurons")
         plan = plan.expand(batch).to(device)
         if not bool(plan.layers[:, 0].all()) or (

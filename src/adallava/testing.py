@@ -87,6 +87,15 @@ def tiny_llava(seed: int = 0, **config_kwargs) -> LlavaForConditionalGeneration:
     return model.eval()
 
 
+def tiny_causal_lm(text_model: str = "llama", seed: int = 0, **config_kwargs):
+    """A randomly initialised tiny text-only causal LM (Llama / Qwen2 / Mistral), eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_llava_config(text_model=text_model, **config_kwargs).text_config
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation).eval()
+
+
 def tiny_inputs(
     config: LlavaConfig,
     text_lengths: list[int],
