@@ -264,3 +264,18 @@ def test_masked_fallback_equals_sliced_execution(family):
             model.head_execution = "sliced"
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(masked[real], sliced[real], atol=1e-5, rtol=0)
+
+
+def test_deterministic_head_scheduler_runs_and_reports(family):
+    base, _ = family
+    model = AdaLlava.from_base(
+        base, AdaptiveConfig(switches="head", rank=1, mlp_groups=3, scheduler="deterministic")
+    ).train()
+    inputs = tiny_inputs(base.config, [5, 8], "right", seed=20)
+    out = model(**inputs, labels=inputs["input_ids"], budget=[0.5, 0.9])
+    out.loss.backward()
+    assert model.scheduler.head.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(**inputs, budget=[0.5, 0.9])
+    assert evaluated.plan.heads is not None and torch.isfinite(evaluated.logits).all()

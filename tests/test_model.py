@@ -345,3 +345,24 @@ def test_bad_adaptive_config_names_the_field(base_llava):
         AdaptiveConfig(switches="block")
     with pytest.raises(ValueError, match=r"num_prefix_layers must be in \[1, 7\]"):
         AdaLlava.from_base(base_llava, AdaptiveConfig(num_prefix_layers=8))
+
+
+def test_deterministic_scheduler_trains_and_may_violate(base_llava):
+    """The paper's ablation: hard thresholded plans, NLL + lambda * (cost - budget)^2; budgets are not
+    enforced (the point of the comparison), and the latency loss reaches the scheduler."""
+    model = AdaLlava.from_base(copy.deepcopy(base_llava), AdaptiveConfig(scheduler="deterministic")).train()
+    inputs, labels = training_batch(base_llava.config, seed=23)
+    budgets = torch.tensor([0.5, 0.625, 0.75, 1.0])
+    with torch.no_grad():
+        model.scheduler.head.bias.fill_(5.0)  # every switch on: violates every budget below 1
+    nll_only = model(**inputs, labels=labels, plan=ExecutionPlan.full(4, N)).loss
+    out = model(**inputs, labels=labels, budget=budgets)
+    assert out.plan.layers.all()  # the threshold, not the budget, decides
+    assert out.loss > nll_only  # the latency penalty is added
+    out.loss.backward()
+    assert model.scheduler.head.bias.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(**inputs, budget=budgets)
+    violations = (evaluated.cost.llm > budgets.double() * evaluated.full_cost.llm * (1 + 1e-9)).sum()
+    assert violations == 3

@@ -8,6 +8,7 @@ from typing import Any
 
 SWITCH_KINDS = ("layer", "head")
 SELECTION_RULES = ("adallava", "official")
+SCHEDULER_KINDS = ("probabilistic", "deterministic")
 TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+")
 
 
@@ -34,6 +35,12 @@ class AdaptiveConfig:
     """'adallava' (take units in scheduler order while they fit) or 'official' (the authors' rule)."""
     token_selection: str = "none"
     """Visual token selection before the LLM: 'none', 'prumerge' or 'prumerge+'."""
+    scheduler: str = "probabilistic"
+    """'probabilistic' (the paper's method: plans sampled within the budget) or 'deterministic' (the
+    ablation of Sec. 3.3 / Table 2: hard plans from thresholded switch probabilities, trained with
+    NLL + latency_loss_weight * (cost / full cost - budget)^2; it may violate budgets)."""
+    latency_loss_weight: float = 1.0
+    """lambda of the deterministic scheduler's latency loss."""
 
     def __post_init__(self) -> None:
         if self.switches not in SWITCH_KINDS:
@@ -56,6 +63,14 @@ class AdaptiveConfig:
         if self.selection not in SELECTION_RULES:
             raise ValueError(
                 f"AdaptiveConfig.selection must be one of {SELECTION_RULES}, got {self.selection!r}"
+            )
+        if self.scheduler not in SCHEDULER_KINDS:
+            raise ValueError(
+                f"AdaptiveConfig.scheduler must be one of {SCHEDULER_KINDS}, got {self.scheduler!r}"
+            )
+        if not self.latency_loss_weight >= 0:
+            raise ValueError(
+                f"AdaptiveConfig.latency_loss_weight must be >= 0, got {self.latency_loss_weight}"
             )
         if self.token_selection not in TOKEN_SELECTIONS:
             raise ValueError(

@@ -268,7 +268,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             position_ids = torch.arange(past_length, past_length + length, device=hidden.device)[None]
         position_ids = position_ids.expand(batch, -1)
 
-        fractions = lat_positions = scheduler_logits = gates = None
+        fractions = lat_positions = scheduler_logits = gates = latency_loss = None
         if budget is not None:
             if past_length > 0:
                 raise ValueError(
@@ -309,9 +309,14 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
                     rows = torch.arange(batch, device=hidden.device)
                     scheduler_logits = self.scheduler(hidden[rows, lat_positions])  # [B, switches]
                     tokens = attention_mask.sum(-1).cpu()  # [B] real tokens, latency token included
-                    plan, gates = self._choose_plan(
-                        scheduler_logits, units, fractions, tokens, sample_plan, generator
-                    )
+                    if self.adaptive.scheduler == "deterministic":
+                        plan, gates, latency_loss = self._deterministic_plan(
+                            scheduler_logits, fractions, tokens
+                        )
+                    else:
+                        plan, gates = self._choose_plan(
+                            scheduler_logits, units, fractions, tokens, sample_plan, generator
+                        )
                 needs_gates = gates is not None or self.head_execution == "masked"
                 if unit_gates is None and plan is not None and plan.heads is not None and needs_gates:
                     geometry = self._geometry_for(plan)
@@ -329,6 +334,8 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if labels is not None:
             vocab_size = self.text_config.vocab_size
             loss = self.base.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+            if latency_loss is not None and gates is not None:  # deterministic scheduler, training
+                loss = loss + self.adaptive.latency_loss_weight * latency_loss
         cost = full_cost = None
         if priced:
             args = (
@@ -531,6 +538,37 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             upper = greedy_mask(logits, units)
         prefix = torch.ones(logits.shape[0], self.num_prefix, dtype=torch.bool, device=logits.device)
         return ExecutionPlan(torch.cat([prefix, upper], dim=-1)), gates
+
+    def _deterministic_plan(self, logits, fractions, tokens):
+        """The ablation's scheduler: switch u is on when sigmoid(logit_u) > 0.5 (straight-through in
+        training), whatever the budget; the latency loss is (expected cost / full cost - budget)^2
+        with the expected cost sum_u sigmoid(logit_u) * cost_u. Returns (plan, gates, latency loss)."""
+        probs = torch.sigmoid(logits)  # [B, S]
+        hard = probs > 0.5
+        batch, upper = logits.shape[0], self.num_layers - self.num_prefix
+        if self.adaptive.switches == "head":
+            costs, capacity = self._unit_costs(tokens, torch.ones_like(fractions))  # capacity = upper layers
+            costs, capacity = costs.to(logits.device), capacity.to(logits.device)
+            share = (probs.double() * costs).sum(-1) / capacity  # expected share of the upper layers
+        else:
+            share = probs.double().mean(-1)
+        prefix = self.num_prefix / self.num_layers
+        expected = prefix + (1 - prefix) * share  # [B] expected fraction of the full decoder stack
+        latency_loss = ((expected - fractions.to(expected.device)) ** 2).mean().to(logits.dtype)
+        soft = hard.to(logits.dtype) - probs.detach() + probs
+        training = self.training and torch.is_grad_enabled()
+        if self.adaptive.switches == "head":
+            units = self.geometry.head_units
+            on = hard.view(batch, upper, -1)
+            full = torch.ones(batch, self.num_prefix, 1, dtype=torch.bool, device=logits.device)
+            heads = torch.cat([full.expand(-1, -1, units), on[..., :units]], dim=1)
+            mlp = torch.cat([full.expand(-1, -1, on.shape[-1] - units), on[..., units:]], dim=1)
+            plan = ExecutionPlan.from_masks(torch.ones(batch, self.num_layers, dtype=torch.bool), heads, mlp)
+            gates = (soft.view(batch, upper, -1)[..., :units], soft.view(batch, upper, -1)[..., units:])
+        else:
+            prefix_on = torch.ones(batch, self.num_prefix, dtype=torch.bool, device=logits.device)
+            plan, gates = ExecutionPlan(torch.cat([prefix_on, hard], dim=-1)), soft
+        return plan, (gates if training else None), latency_loss
 
     def _choose_head_plan(self, logits, units, fractions, tokens, sample, generator):
         batch, upper = logits.shape[0], self.num_layers - self.num_prefix
