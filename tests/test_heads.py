@@ -61,10 +61,19 @@ def hf_with_units(base, heads, mlp):
     return model
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2-gqa"])
+FAMILIES = {  # text model, KV heads, extra text config
+    "llama": ("llama", None, {}),
+    "qwen2-gqa": ("qwen2", 2, {}),
+    "mistral-gqa-window": ("mistral", 2, {"sliding_window": 8}),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
 def family(request):
-    text_model, kv = ("llama", None) if request.param == "llama" else ("qwen2", 2)
-    base = tiny_llava(seed=7, text_model=text_model, num_layers=N, num_kv_heads=kv, intermediate_size=100)
+    text_model, kv, extra = FAMILIES[request.param]
+    base = tiny_llava(
+        seed=7, text_model=text_model, num_layers=N, num_kv_heads=kv, intermediate_size=100, text_kwargs=extra
+    )
     torch.manual_seed(8)
     model = AdaLlava.from_base(base, AdaptiveConfig(switches="head", rank=1, mlp_groups=3)).eval()
     with torch.no_grad():
