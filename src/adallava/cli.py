@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Order here is the order of `adallava --help`.
-COMMANDS = ["demo", "world", "flops", "score", "convert", "init"]
+COMMANDS = ["demo", "world", "train", "flops", "score", "convert", "init"]
 
 
 def build_parser() -> argparse.ArgumentParser:
