@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
 from adallava.testing import tiny_inputs  # noqa: E402
-from bench_prefill import build  # noqa: E402
+from bench_prefill import add_shape_arguments, build  # noqa: E402
 from common import machine, time_interleaved, write_json  # noqa: E402
 
 
@@ -28,14 +28,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
+    add_shape_arguments(parser)
     parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--image-size", type=int, default=336)
-    parser.add_argument("--patch", type=int, default=14)
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -44,17 +44,22 @@ def build(args) -> AdaLlava:
     return AdaLlava.from_base(base, AdaptiveConfig()).eval()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_shape_arguments(parser: argparse.ArgumentParser, heads: int = 16) -> None:
+    """The random model's shape (defaults: a 16-layer, 1024-wide Llama with LLaVA-1.5's 576 image tokens)."""
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--heads", type=int, default=heads)
     parser.add_argument("--intermediate", type=int, default=2816)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--image-size", type=int, default=336)
     parser.add_argument("--patch", type=int, default=14, help="336/14 -> 576 image tokens, as LLaVA-1.5")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_shape_arguments(parser)
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)

@@ -27,23 +27,7 @@ def machine() -> dict:
 
 def time_call(fn, repeats: int, warmup: int = 1) -> dict:
     """Median and spread of `fn()` wall-clock time in ms (synchronising CUDA when present)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return {
-        "median_ms": statistics.median(samples),
-        "min_ms": min(samples),
-        "max_ms": max(samples),
-        "n": repeats,
-    }
+    return time_interleaved({"call": fn}, repeats, warmup)["call"]
 
 
 def time_interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict[str, dict]:

@@ -6,6 +6,7 @@ import torch
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.testing import tiny_inputs, tiny_llava
+from tests.helpers import assert_generates_as_one_at_a_time
 from tests.test_model import hf_with_layers
 
 N = 6
@@ -52,20 +53,6 @@ def test_base_mode_and_plans_match_hf(family):
 
 def test_mixed_budget_generation_equals_one_at_a_time(family):
     base, model = family
-    lengths, budgets = [3, 10, 6], [0.5, 1.0, 0.67]
-    inputs = tiny_inputs(base.config, lengths, "right", seed=6)
-    kwargs = {"max_new_tokens": 5, "do_sample": False, "return_dict_in_generate": True}
-    with torch.no_grad():
-        batched = model.generate(**inputs, budget=budgets, **kwargs)
-    width = inputs["input_ids"].shape[1]
+    inputs = tiny_inputs(base.config, [3, 10, 6], "right", seed=6)
+    batched = assert_generates_as_one_at_a_time(model, inputs, [0.5, 1.0, 0.67])
     assert batched.plan.layers.sum(-1).tolist() == [3, 6, 4]
-    for row in range(len(lengths)):
-        real = inputs["attention_mask"][row].bool()
-        single = {
-            "input_ids": inputs["input_ids"][row][real][None],
-            "attention_mask": inputs["attention_mask"][row][real][None],
-            "pixel_values": inputs["pixel_values"][row : row + 1],
-        }
-        with torch.no_grad():
-            alone = model.generate(**single, budget=budgets[row], **kwargs)
-        assert torch.equal(batched.sequences[row, width:], alone.sequences[0, int(real.sum()) :])

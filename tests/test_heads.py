@@ -13,6 +13,7 @@ from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.budget import RELATIVE_TOLERANCE
 from adallava.scheduler import official_head_selection
 from adallava.testing import tiny_inputs, tiny_llava
+from tests.helpers import assert_generates_as_one_at_a_time
 
 N, P = 6, 3
 
@@ -132,23 +133,8 @@ def test_a_layer_with_every_unit_off_is_skipped(family):
 
 def test_mixed_head_plans_generate_as_one_at_a_time(family):
     base, model = family
-    lengths, budgets = [3, 10, 6, 8], [0.5, 1.0, 0.7, 0.85]
-    inputs = tiny_inputs(base.config, lengths, "right", seed=13)
-    kwargs = {"max_new_tokens": 5, "do_sample": False, "return_dict_in_generate": True}
-    with torch.no_grad():
-        batched = model.generate(**inputs, budget=budgets, **kwargs)
-    width = inputs["input_ids"].shape[1]
-    for row in range(len(lengths)):
-        real = inputs["attention_mask"][row].bool()
-        single = {
-            "input_ids": inputs["input_ids"][row][real][None],
-            "attention_mask": inputs["attention_mask"][row][real][None],
-            "pixel_values": inputs["pixel_values"][row : row + 1],
-        }
-        with torch.no_grad():
-            alone = model.generate(**single, budget=budgets[row], **kwargs)
-        assert torch.equal(batched.sequences[row, width:], alone.sequences[0, int(real.sum()) :])
-        assert torch.equal(batched.plan.heads[row], alone.plan.heads[0])
+    inputs = tiny_inputs(base.config, [3, 10, 6, 8], "right", seed=13)
+    assert_generates_as_one_at_a_time(model, inputs, [0.5, 1.0, 0.7, 0.85])
 
 
 def test_cached_head_generation_equals_uncached(family):

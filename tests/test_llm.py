@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from adallava import AdaLLM, AdaptiveConfig, ExecutionPlan
 from adallava.testing import tiny_causal_lm, tiny_inputs, tiny_llava
+from tests.helpers import assert_generates_as_one_at_a_time
 
 N = 6
 
@@ -48,18 +49,8 @@ def test_base_mode_and_plans_match_hf(causal):
 
 def test_mixed_budgets_generate_as_one_at_a_time(causal):
     base, model = causal
-    lengths, budgets = [3, 9, 6], [0.5, 1.0, 0.67]
-    inputs = text_inputs(base, lengths, "right", seed=5)
-    kwargs = {"max_new_tokens": 5, "do_sample": False, "return_dict_in_generate": True}
-    with torch.no_grad():
-        batched = model.generate(**inputs, budget=budgets, **kwargs)
-    width = inputs["input_ids"].shape[1]
-    for row in range(3):
-        real = inputs["attention_mask"][row].bool()
-        single = {k: v[row][real][None] for k, v in inputs.items()}
-        with torch.no_grad():
-            alone = model.generate(**single, budget=budgets[row], **kwargs)
-        assert torch.equal(batched.sequences[row, width:], alone.sequences[0, int(real.sum()) :])
+    inputs = text_inputs(base, [3, 9, 6], "right", seed=5)
+    batched = assert_generates_as_one_at_a_time(model, inputs, [0.5, 1.0, 0.67])
     assert batched.prefill_cost.vision.sum() == 0
 
 
