@@ -9,7 +9,7 @@ import importlib
 import sys
 
 # Order here is the order of `adallava --help`.
-COMMANDS = ["demo", "world", "train", "flops", "score", "convert", "init"]
+COMMANDS = ["ask", "models", "demo", "world", "train", "flops", "score", "convert", "init"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Command-line output is ours: no weight-loading bars or backend notices from transformers."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_transformers()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,0 +1,127 @@
+"""`adallava ask`: answer a question about an image under a budget, and show what ran.
+
+adallava ask --image cat.png --question "What color is the cat?" --budget 0.6
+adallava ask --image scene.png --question "How many circles are there?" --model tiny-adallava-h --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from adallava.hub import BUNDLED, DEFAULT_MODEL, load_model
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ask",
+        help="answer a question about an image under a budget",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--image", required=True, type=Path, help="a PNG/JPEG (any format PIL reads)")
+    parser.add_argument("--question", required=True, help="the question, in words")
+    parser.add_argument(
+        "--budget",
+        default="1.0",
+        help="fraction of the full decoder-stack FLOPs in [b_min, 1] (b_min = prefix share, 0.5 by default) "
+        "or an absolute cap such as '2M' (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"folder or bundled name ({', '.join(BUNDLED)}; default %(default)s)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def parse_budget(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a FLOPs string such as "2M"; the model validates it
+
+
+def open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"--image {str(path)!r}: no such file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"--image {str(path)!r} is not an image PIL can read ({error})") from None
+
+
+def build_prompt(processor, question: str) -> str:
+    """The model's own chat template when it has one, else LLaVA-1.5's format."""
+    if getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return f"USER: <image>\n{question} ASSISTANT:"
+
+
+def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
+    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    inputs = processor(images=image, text=build_prompt(processor, question), return_tensors="pt")
+    inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            budget=budget,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+    ms = (time.perf_counter() - start) * 1e3
+    new = out.sequences[0, inputs["input_ids"].shape[1] :]
+    plan = out.plan
+    return {
+        "answer": processor.tokenizer.decode(new, skip_special_tokens=True).strip(),
+        "budget": None if out.budget is None else float(out.budget[0]),
+        "plan": {
+            "layers": plan.executed_layers()[0] if plan is not None else list(range(model.num_layers)),
+            "num_layers": model.num_layers,
+            **(
+                {"head_units": plan.heads[0].sum(-1).tolist()}
+                if plan is not None and plan.heads is not None
+                else {}
+            ),
+        },
+        "flops": _flops(out.prefill_cost),
+        "full_flops": _flops(out.full_prefill_cost),
+        "decode_flops": _flops(out.decode_cost),
+        "ms": ms,
+    }
+
+
+def _flops(cost) -> dict[str, float]:
+    return {"llm": float(cost.llm[0]), "total": float(cost.total[0])}
+
+
+def run(args) -> int:
+    image = open_image(args.image)
+    model, processor = load_model(args.model)
+    budget = parse_budget(args.budget)
+    result = ask(model, processor, image, args.question, budget, args.max_new_tokens)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    layers, n = result["plan"]["layers"], result["plan"]["num_layers"]
+    strip = "".join("█" if i in layers else "·" for i in range(n))
+    llm, full = result["flops"]["llm"], result["full_flops"]["llm"]
+    print(f"answer: {result['answer']}")
+    print(f"budget: {result['budget']}   layers run: {strip} ({len(layers)}/{n})")
+    print(f"prefill FLOPs: LLM {llm / 1e6:.2f}M of {full / 1e6:.2f}M ({llm / full:.3f}), total "
+          f"{result['flops']['total'] / 1e6:.2f}M of {result['full_flops']['total'] / 1e6:.2f}M")  # fmt: skip
+    print(f"time: {result['ms']:.0f} ms")
+    return 0
