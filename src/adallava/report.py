@@ -1,0 +1,521 @@
+"""RESULTS.md from `adallava eval` results folders: paper-style tables, the plots, the commands.
+
+A results folder holds (docs/plots.md):
+- `results.json`: the rows `adallava eval` writes, one per (benchmark, method, budget[, model]);
+- optional `meta.json`: {"commands": [...], "model": ..., "scheduler": ..., "description": ...};
+  `model` / `scheduler` fill rows that lack them, `commands` say how the folder was made;
+- optional `commands.txt`: the commands, one per line ('#' comments and blank lines skipped), used
+  when meta.json gives none;
+- optional `plans_*.json`: execution plans at one budget (`PlanFile`), drawn as heatmaps.
+
+Everything here is deterministic: rows, columns and folders are sorted, numbers have fixed formats
+and the plots carry no dates, so regenerating from the same folders gives the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from adallava import viz
+from adallava.viz import BENCHMARK_NAMES, METHOD_ORDER, adherence_points, flop_unit, method_label, short_names
+
+RESULTS_FILE = "results.json"
+META_FILE = "meta.json"
+COMMANDS_FILE = "commands.txt"
+PLANS_GLOB = "plans_*.json"
+REQUIRED = ("benchmark", "method", "budget", "score", "llm_flops", "total_flops")
+# The paper's column order (Table 1) and names; other benchmarks follow, sorted.
+BENCHMARK_ORDER = ("vqav2", "scienceqa", "textvqa", "pope", "mme", "mmbench")
+DASH = "–"
+
+
+# ---- reading results folders ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResultsDir:
+    """One results folder: its rows (meta.json defaults applied) and how it was produced."""
+
+    path: Path
+    rows: tuple[dict, ...]
+    commands: tuple[str, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """`plans_*.json`: the plans one model chose for each input at one budget.
+
+    {"budget": 0.75, "layers": [[true, ...] per layer] per input, "families": [name per input]
+    (optional), "num_prefix_layers": P (optional), "heads": [[[bool per head unit] per layer] per
+    input] (optional, head switches), "model" / "method" / "benchmark" (optional, for titles)}.
+    """
+
+    path: Path
+    budget: float
+    layers: list[list[bool]]  # [inputs][layers]
+    families: list[str] | None = None
+    num_prefix_layers: int | None = None
+    heads: list[list[list[bool]]] | None = None  # [inputs][layers][head units]
+    model: str = ""
+    method: str = ""
+    benchmark: str = ""
+
+
+def load_results_dir(path: str | Path) -> ResultsDir:
+    """Read `results.json` (+ meta.json / commands.txt) from a folder, checking every row."""
+    path = Path(path)
+    results = path / RESULTS_FILE
+    if not results.is_file():
+        raise FileNotFoundError(f"{path} has no {RESULTS_FILE} (write one with `adallava eval --out {path}`)")
+    meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / META_FILE}: expected a JSON object")
+    rows = _read_json(results)
+    if not isinstance(rows, list):
+        raise ValueError(f"{results}: expected a JSON list of rows")
+    checked = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{results}: row {index} is not an object")
+        missing = [key for key in REQUIRED if key not in row]
+        if missing:
+            raise ValueError(f"{results}: row {index} lacks {', '.join(missing)}")
+        for key in ("budget", "score", "llm_flops", "total_flops"):
+            if (
+                not isinstance(row[key], int | float)
+                or isinstance(row[key], bool)
+                or not math.isfinite(row[key])
+            ):
+                raise ValueError(
+                    f"{results}: row {index} field {key!r} must be a finite number, got {row[key]!r}"
+                )
+        row = dict(row)
+        for key in ("model", "scheduler"):
+            if not row.get(key) and meta.get(key):
+                row[key] = str(meta[key])
+        checked.append(row)
+    commands = meta.get("commands")
+    if commands is None and (path / COMMANDS_FILE).is_file():
+        lines = (path / COMMANDS_FILE).read_text(encoding="utf-8").splitlines()
+        commands = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if commands is not None and (
+        not isinstance(commands, list) or not all(isinstance(c, str) for c in commands)
+    ):
+        raise ValueError(f"{path / META_FILE}: 'commands' must be a list of strings")
+    return ResultsDir(path, tuple(checked), tuple(commands or ()), str(meta.get("description", "")))
+
+
+def load_rows(paths: Sequence[str | Path]) -> list[dict]:
+    """The rows of several results folders, merged: a row repeated with the same score and FLOPs
+    (e.g. the full model evaluated in two folders) is kept once; a conflicting repeat is an error."""
+    return merge_rows([load_results_dir(path) for path in paths])
+
+
+def merge_rows(folders: Sequence[ResultsDir]) -> list[dict]:
+    seen: dict[tuple, tuple[dict, Path]] = {}
+    for folder in folders:
+        for row in folder.rows:
+            key = _row_key(row)
+            if key in seen:
+                other, where = seen[key]
+                if (other["score"], other["total_flops"]) != (row["score"], row["total_flops"]):
+                    raise ValueError(
+                        f"{folder.path / RESULTS_FILE} and {where / RESULTS_FILE} both have {key} with "
+                        "different results; keep one of them"
+                    )
+                continue
+            seen[key] = (row, folder.path)
+    return [row for row, _ in sorted(seen.values(), key=lambda item: _sort_key(item[0]))]
+
+
+def load_plan_file(path: str | Path) -> PlanFile:
+    """Read and check one `plans_*.json` (format: `PlanFile`)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    for key in ("budget", "layers"):
+        if key not in data:
+            raise ValueError(f"{path}: missing field {key!r}")
+    layers = data["layers"]
+    if not isinstance(layers, list) or not layers or not all(isinstance(r, list) for r in layers):
+        raise ValueError(f"{path}: 'layers' must be a non-empty list of per-input lists of booleans")
+    width = len(layers[0])
+    for index, plan in enumerate(layers):
+        if len(plan) != width or not all(isinstance(v, bool) for v in plan):
+            raise ValueError(f"{path}: layers[{index}] must be {width} booleans")
+    families = data.get("families")
+    if families is not None and (not isinstance(families, list) or len(families) != len(layers)):
+        raise ValueError(f"{path}: 'families' must list one name per input ({len(layers)})")
+    prefix = data.get("num_prefix_layers")
+    if prefix is not None and (not isinstance(prefix, int) or not 0 <= prefix <= width):
+        raise ValueError(f"{path}: 'num_prefix_layers' must be an integer in [0, {width}]")
+    heads = data.get("heads")
+    if heads is not None and (
+        not isinstance(heads, list)
+        or len(heads) != len(layers)
+        or not all(isinstance(plan, list) and len(plan) == width for plan in heads)
+    ):
+        raise ValueError(f"{path}: 'heads' must be [inputs][{width} layers][head units] booleans")
+    return PlanFile(
+        path=path,
+        budget=float(data["budget"]),
+        layers=layers,
+        families=None if families is None else [str(f) for f in families],
+        num_prefix_layers=prefix,
+        heads=heads,
+        model=str(data.get("model", "")),
+        method=str(data.get("method", "")),
+        benchmark=str(data.get("benchmark", "")),
+    )
+
+
+def plan_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Every `plans_*.json` in the folders, sorted by name within each folder."""
+    return [file for path in paths for file in sorted(Path(path).glob(PLANS_GLOB))]
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+def write_plots(
+    rows: Sequence[Mapping], plans: Sequence[str | Path], out_dir: str | Path, flops: str = "total_flops"
+) -> dict[str, list[Path]]:
+    """Write every plot the rows and plan files support into out_dir. Returns {section: PNG paths}:
+
+    - "accuracy": `accuracy_<benchmark>.png`, all methods and models (Fig. 3: adaptive vs early exit);
+    - "models": `models_<benchmark>.png`, adaptive + full rows, when several models were evaluated
+      adaptively (Fig. 6: L vs H);
+    - "adherence": `adherence.png`, when there are adaptive rows and a way to price them;
+    - "usage": `usage_<model>.png`, layer usage per budget from the rows' plan statistics;
+    - "plans": `plans_<name>.png` (per input), `plans_<name>_families.png` (per family) and
+      `heads_<name>.png` (head switches) for each `plans_<name>.json`.
+    Each PNG has an SVG twin. flops: the x axis of the accuracy plots, "total_flops" or "llm_flops".
+    """
+    out_dir = Path(out_dir)
+    written: dict[str, list[Path]] = {"accuracy": [], "models": [], "adherence": [], "usage": [], "plans": []}
+    for benchmark in benchmarks_of(rows):
+        path = out_dir / f"accuracy_{_safe(benchmark)}.png"
+        viz.plot_accuracy_vs_flops(rows, benchmark, path, flops=flops)
+        written["accuracy"].append(path)
+        adaptive_models = {
+            _model(r) for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"
+        }
+        if len(adaptive_models) > 1:
+            chosen = [r for r in rows if r["method"] in ("adaptive", "full")]
+            path = out_dir / f"models_{_safe(benchmark)}.png"
+            title = f"{BENCHMARK_NAMES.get(benchmark, benchmark)}: models compared (point labels: budget)"
+            viz.plot_accuracy_vs_flops(chosen, benchmark, path, flops=flops, title=title)
+            written["models"].append(path)
+    if any(r["method"] == "adaptive" for r in rows):
+        try:
+            path = out_dir / "adherence.png"
+            viz.plot_budget_adherence(rows, path)
+            written["adherence"].append(path)
+        except ValueError:
+            pass  # no budget_use, full_llm_flops or full row: nothing to measure the use against
+    adaptive = sorted({_model(r) for r in rows if r["method"] == "adaptive"})
+    names = short_names(adaptive)
+    for model in adaptive:
+        usage = _layer_usage(rows, model)
+        if usage:
+            path = out_dir / f"usage_{_safe(names[model] or 'model')}.png"
+            budgets = sorted(usage)
+            viz.plot_plan_heatmap(
+                np.array([usage[b] for b in budgets]), [f"budget {b:g}" for b in budgets], path,
+                title=f"{names[model] or 'Adaptive model'}: layer usage per budget (all benchmarks)",
+            )  # fmt: skip
+            written["usage"].append(path)
+    for file in plans:
+        plan = load_plan_file(file)
+        name = _safe(Path(file).stem.removeprefix("plans_"))
+        who = " ".join(part for part in (plan.model, plan.benchmark) if part)
+        title = f"{who + ': ' if who else ''}execution plans at budget {plan.budget:g}"
+        path = out_dir / f"plans_{name}.png"
+        grid = np.array(plan.layers, dtype=bool)
+        viz.plot_plan_heatmap(grid, plan.families, path, plan.num_prefix_layers, plan.budget, title)
+        written["plans"].append(path)
+        if plan.families is not None:
+            families = sorted(set(plan.families))
+            usage = np.array([grid[[f == family for f in plan.families]].mean(0) for family in families])
+            path = out_dir / f"plans_{name}_families.png"
+            share = title + " (share per family)"
+            viz.plot_plan_heatmap(usage, families, path, plan.num_prefix_layers, plan.budget, share)
+            written["plans"].append(path)
+        if plan.heads is not None:
+            path = out_dir / f"heads_{name}.png"
+            viz.plot_head_usage(np.array(plan.heads, dtype=bool), path, plan.num_prefix_layers, plan.budget)
+            written["plans"].append(path)
+    return written
+
+
+def _layer_usage(rows: Sequence[Mapping], model: str) -> dict[float, list[float]]:
+    """{budget: per-layer usage} of a model's adaptive rows, pooled over benchmarks (weighted by n)."""
+    pooled: dict[float, list] = {}
+    for row in rows:
+        usage = row.get("layer_usage")
+        if usage is None and isinstance(row.get("plans"), dict):
+            usage = row["plans"].get("layer_usage")
+        if row["method"] != "adaptive" or _model(row) != model or not usage:
+            continue
+        n = int(row.get("n") or 1)
+        total = pooled.setdefault(float(row["budget"]), [[0.0] * len(usage), 0])
+        if len(total[0]) != len(usage):
+            return {}
+        total[0] = [a + n * float(u) for a, u in zip(total[0], usage, strict=True)]
+        total[1] += n
+    return {b: [min(1.0, max(0.0, u / count)) for u in sums] for b, (sums, count) in pooled.items()}
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+def benchmarks_of(rows: Sequence[Mapping]) -> list[str]:
+    """Benchmarks in the paper's order, then any others sorted."""
+    present = {str(row["benchmark"]) for row in rows}
+    return [b for b in BENCHMARK_ORDER if b in present] + sorted(present - set(BENCHMARK_ORDER))
+
+
+def main_table(rows: Sequence[Mapping]) -> str:
+    """Table 1/3 style: one line per (model, method, budget), one column per benchmark (score), the
+    mean prefill FLOPs per sample (over the line's benchmarks, weighted by n) and ms per sample."""
+    benchmarks = benchmarks_of(rows)
+    lines: dict[tuple, dict[str, Mapping]] = {}
+    names = short_names(_model(row) for row in rows)
+    for row in rows:
+        lines.setdefault((_model_name(row, names), row["method"], _budget(row)), {})[row["benchmark"]] = row
+    scale, prefix = flop_unit(row["total_flops"] for row in rows)
+    header = ["Model", "Method", "Budget (%)", f"FLOPs ({prefix})"]
+    header += [BENCHMARK_NAMES.get(b, b) for b in benchmarks] + ["ms / sample"]
+    body = []
+    for key in sorted(lines, key=_line_order):
+        model, method, budget = key
+        cells = lines[key]
+        flops = _weighted(cells.values(), "total_flops")
+        ms = _weighted([c for c in cells.values() if c.get("ms_per_sample") is not None], "ms_per_sample")
+        body.append(
+            [model or DASH, method_label(method), _percent(budget), _flops(flops, scale)]
+            + [_score(cells[b]["score"]) if b in cells else DASH for b in benchmarks]
+            + [DASH if ms is None else f"{ms:.1f}"]
+        )
+    return _markdown(header, body)
+
+
+def scheduler_table(rows: Sequence[Mapping], benchmark: str) -> str:
+    """Table 2 style: per adaptive series (model, scheduler) and budget, the score and mean prefill
+    FLOPs on one benchmark and the samples over budget there; then, pooled over every benchmark, the
+    LLM FLOPs used over the budget (below 1: under-use) and the samples over budget (bold when any)."""
+    chosen = [r for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"]
+    if not chosen:
+        return ""
+    try:
+        pooled = adherence_points(rows)
+    except ValueError:  # no budget_use, full_llm_flops or full row: the use cannot be measured
+        pooled = {}
+    name = BENCHMARK_NAMES.get(benchmark, benchmark)
+    names = short_names(_model(r) for r in chosen)
+    scale, prefix = flop_unit(r["total_flops"] for r in chosen)
+    header = ["Model", "Scheduler", "Budget (%)", f"{name} score", f"FLOPs ({prefix})", "Over budget"]
+    header += ["All: used / budget", "All: over budget"]
+    body = []
+    for row in sorted(chosen, key=lambda r: (_model(r), str(r.get("scheduler") or ""), _budget(r))):
+        scheduler = str(row.get("scheduler") or "")
+        line = [names[_model(row)] or DASH, scheduler or DASH, _percent(_budget(row)), _score(row["score"])]
+        line += [_flops(row["total_flops"], scale), _violations(row)]
+        point = {p[0]: p for p in pooled.get((_model(row), scheduler), [])}.get(_budget(row))
+        if point is None:
+            line += [DASH, DASH]
+        else:
+            budget, used, violations, n = point
+            line += [f"{used / budget:.3f}", _bold(f"{violations}/{n}", violations)]
+        body.append(line)
+    return _markdown(header, body)
+
+
+# ---- the report ------------------------------------------------------------------------------------
+def build_report(
+    results: Sequence[str | Path],
+    out: str | Path,
+    plots_dir: str | Path | None = None,
+    table2_benchmark: str | None = None,
+    command: str | None = None,
+) -> str:
+    """Write the plots into `plots_dir` (default: `plots/` beside `out`), then RESULTS.md to `out`.
+    Returns the markdown. `command` is the line that produced the report (shown last)."""
+    out = Path(out)
+    plots_dir = Path(plots_dir) if plots_dir is not None else out.parent / "plots"
+    folders = sorted((load_results_dir(path) for path in results), key=lambda f: _relative(f.path, out))
+    rows = merge_rows(folders)
+    if not rows:
+        raise ValueError("the results folders hold no rows")
+    if table2_benchmark is not None and table2_benchmark not in benchmarks_of(rows):
+        raise ValueError(
+            f"--table2-benchmark {table2_benchmark!r} is not among the results' {benchmarks_of(rows)}"
+        )
+    written = write_plots(rows, plan_files([f.path for f in folders]), plots_dir)
+    text = render_report(rows, folders, written, out, table2_benchmark, command)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return text
+
+
+def render_report(
+    rows: Sequence[Mapping],
+    folders: Sequence[ResultsDir],
+    plots: Mapping[str, Sequence[Path]],
+    out: Path,
+    table2_benchmark: str | None = None,
+    command: str | None = None,
+) -> str:
+    """The RESULTS.md text (pure: no files read or written)."""
+    benchmarks = benchmarks_of(rows)
+    if table2_benchmark is None:
+        table2_benchmark = benchmarks[0]
+    elif table2_benchmark not in benchmarks:
+        raise ValueError(f"--table2-benchmark {table2_benchmark!r} is not among the results' {benchmarks}")
+    parts = [
+        "# Results",
+        "<!-- Generated by `adallava report`; edit the results folders or the generator, not this file. -->",
+        "Scores are each benchmark's primary metric on a 0-100 scale, on the evaluated split; FLOPs are "
+        "analytic prefill FLOPs per sample (vision tower, projector and LLM; 2 FLOPs per multiply-add), "
+        "means over the samples; ms / sample is measured wall-clock time. Budgets are fractions of the "
+        "full model's LLM prefill FLOPs. Folders:",
+        "\n".join(
+            f"- `{_relative(f.path, out)}`" + (f": {f.description}" if f.description else "") for f in folders
+        ),
+        "## Benchmarks x budgets (Table 1/3 style)",
+        "FLOPs: the mean over the line's benchmarks, weighted by their sample counts.",
+        main_table(rows),
+    ]
+    table2 = scheduler_table(rows, table2_benchmark)
+    if table2:
+        name = BENCHMARK_NAMES.get(table2_benchmark, table2_benchmark)
+        parts += [
+            "## Schedulers across budgets (Table 2 style)",
+            f"Probabilistic (AdaLLaVA) vs deterministic scheduler on {name}: score, mean prefill FLOPs per "
+            "sample and samples whose plan cost more than their budget (**bold** when any). The `All` "
+            "columns pool every benchmark: the mean over samples of LLM prefill FLOPs / (budget x the "
+            "full model's), below 1 for under-use, and the samples over budget.",
+            table2,
+        ]
+    sections = (
+        ("accuracy", "Accuracy vs FLOPs (Fig. 3 style: adaptive vs early exit and the other baselines)"),
+        ("models", "Models compared (Fig. 6 style: AdaLLaVA-L vs AdaLLaVA-H)"),
+        ("adherence", "Budget adherence"),
+        ("usage", "Layer usage per budget"),
+        ("plans", "Execution plans (Fig. 5 style)"),
+    )
+    for key, title in sections:
+        images = plots.get(key) or []
+        if images:
+            parts.append(f"## {title}")
+            parts.append("\n\n".join(f"![{p.stem}]({_relative(p, out)})" for p in images))
+    how = ["## How these were produced"]
+    for folder in folders:
+        how.append(f"`{_relative(folder.path, out)}`:")
+        if folder.commands:
+            how.append("```bash\n" + "\n".join(folder.commands) + "\n```")
+        else:
+            how.append(f"(no {META_FILE} or {COMMANDS_FILE} in the folder)")
+    if command:
+        how += ["This file and its plots:", f"```bash\n{command}\n```"]
+    parts += how
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+# ---- formatting ------------------------------------------------------------------------------------
+def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    align = ["---"] * 2 + ["---:"] * (len(header) - 2)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def _score(value: float) -> str:
+    return f"{float(value):.1f}"
+
+
+def _flops(value: float | None, scale: float) -> str:
+    if value is None:
+        return DASH
+    value = value / scale
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _percent(budget: float) -> str:
+    return f"{100 * budget:.4g}"
+
+
+def _violations(row: Mapping) -> str:
+    violations = int(row.get("violations") or 0)
+    return _bold(f"{violations}/{row['n']}" if row.get("n") is not None else str(violations), violations)
+
+
+def _bold(text: str, when) -> str:
+    return f"**{text}**" if when else text
+
+
+def _weighted(rows, key: str) -> float | None:
+    rows = list(rows)
+    if not rows:
+        return None
+    weights = [float(r.get("n") or 1) for r in rows]
+    return sum(w * float(r[key]) for w, r in zip(weights, rows, strict=True)) / sum(weights)
+
+
+def _model(row: Mapping) -> str:
+    return str(row.get("model") or "")
+
+
+def _model_name(row: Mapping, names: Mapping[str, str]) -> str:
+    """The model as Table 1 names it (`names`: see `short_names`), with its scheduler when that is
+    not the default one."""
+    model, scheduler = names[_model(row)], str(row.get("scheduler") or "")
+    if scheduler in ("", "probabilistic"):
+        return model
+    return f"{model} ({scheduler})" if model else scheduler
+
+
+def _budget(row: Mapping) -> float:
+    return round(float(row["budget"]), 6)
+
+
+def _row_key(row: Mapping) -> tuple:
+    return (
+        _model(row),
+        str(row.get("scheduler") or ""),
+        str(row["benchmark"]),
+        str(row["method"]),
+        _budget(row),
+    )
+
+
+def _line_order(key: tuple) -> tuple:
+    model, method, budget = key
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (model, rank, method, -budget)  # the paper lists budgets from 100% down
+
+
+def _sort_key(row: Mapping) -> tuple:
+    model, scheduler, benchmark, method, budget = _row_key(row)
+    return _line_order((model, method, budget)) + (scheduler, benchmark)
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a model or benchmark name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "unnamed"
+
+
+def _relative(path: Path, out: Path) -> str:
+    """`path` as written in RESULTS.md: relative to the file's folder, with forward slashes."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve().parent)).as_posix()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from error
