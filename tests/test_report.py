@@ -190,7 +190,6 @@ def test_report_command_through_its_parser_and_the_cli(folders, tmp_path, monkey
     assert out.read_text() == text  # regenerated: the same file
     assert f"adallava report --results {folders[1]} --out {out} --table2-benchmark pope" in text
     assert "| POPE score |" in text and (tmp_path / "plots" / "accuracy_pope.png").is_file()
-    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, "report"])
     bad = [
         "report",
         "--results",
