@@ -51,6 +51,7 @@ from adallava.switches import (
     run_layer_head_plan,
     run_layer_skipping,
 )
+from adallava.tokens.selection import select_image_tokens, splice_image_tokens
 
 ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
@@ -66,6 +67,8 @@ class AdaLlavaOutput(ModelOutput):
     scheduler_logits: float32 [B, switches]; cost / full_cost: `BatchCost`, per-row FLOPs of what
     ran (`.vision`, `.llm`, `.lm_head`, `.total`: float64 [B]) and of the full plan on the same
     tokens. A prefill is priced as a prefill; a call with a KV cache as decoding steps.
+    attention_mask / position_ids: the layout the prefill actually ran when it differs from the input
+    (a latency token inserted, or visual tokens selected); later steps must continue from it.
     """
 
     loss: torch.Tensor | None = None
@@ -74,6 +77,8 @@ class AdaLlavaOutput(ModelOutput):
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
     latency_positions: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
     scheduler_logits: torch.Tensor | None = None
     cost: BatchCost | None = None
     full_cost: BatchCost | None = None
@@ -254,16 +259,29 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         # Inside `generate`, decoding steps are priced once at the end rather than at every token.
         priced = adallava_sink is None or past_length == 0
-        if budget is None and plan is None:
+        selecting = self.adaptive.token_selection != "none" and pixel_values is not None and past_length == 0
+        if budget is None and plan is None and not selecting:
             return self._base_forward(
                 input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, labels,
                 use_cache, logits_to_keep, past_length, priced, adallava_sink, **kwargs,
             )  # fmt: skip
 
-        hidden = self._embed(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
+        if selecting:  # PruMerge(+): each row keeps its own number of visual tokens; rows re-laid out
+            hidden, attention_mask, labels, image_tokens = self._embed_selected(
+                input_ids, pixel_values, inputs_embeds, attention_mask, labels
+            )
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, T'] the new layout's
+            if budget is None and plan is None:
+                plan = ExecutionPlan.full(hidden.shape[0], self.num_layers)
+        else:
+            hidden = self._embed(input_ids, pixel_values, inputs_embeds)  # [B, T, D]
         batch, length = hidden.shape[:2]
         if attention_mask is None:
             attention_mask = torch.ones(batch, past_length + length, dtype=torch.long, device=hidden.device)
+        if not selecting:
+            image_tokens = self._image_token_counts(
+                input_ids, attention_mask.sum(-1).cpu(), pixel_values is not None
+            )
         if position_ids is None:  # as HF: positions continue the cache
             position_ids = torch.arange(past_length, past_length + length, device=hidden.device)[None]
         position_ids = position_ids.expand(batch, -1)
@@ -287,8 +305,6 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             position_ids = insert_position_ids(position_ids, lat_positions)
             if labels is not None:
                 labels = insert_at(labels, lat_positions, IGNORE_INDEX)
-            if input_ids is not None:  # kept only to count image tokens when pricing
-                input_ids = insert_at(input_ids, lat_positions, 0)
         else:
             plan = self._check_plan(plan, batch, hidden.device)
 
@@ -339,16 +355,19 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         cost = full_cost = None
         if priced:
             args = (
-                input_ids,
+                image_tokens,
                 attention_mask,
                 hidden.shape[1],
                 past_length,
                 logits_to_keep,
                 pixel_values is not None,
             )
-            cost, full_cost = self._price(*args, plan=plan), self._price(*args, plan=None)
+            images = torch.ones_like(image_tokens) if selecting else None  # one image per row, merged
+            cost = self._price(*args, plan=plan, num_images=images)
+            full_cost = self._price(*args, plan=None, num_images=images)
             self._record(adallava_sink, cost=cost, full_cost=full_cost, plan=plan, budget=fractions,
                          prefill_tokens=attention_mask.sum(-1).cpu())  # fmt: skip
+        relaid = lat_positions is not None or selecting
         return AdaLlavaOutput(
             loss=loss,
             logits=logits,
@@ -359,6 +378,8 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             scheduler_logits=scheduler_logits,
             cost=cost,
             full_cost=full_cost,
+            attention_mask=attention_mask if relaid else None,
+            position_ids=position_ids if relaid else None,
         )
 
     def _base_forward(
@@ -384,9 +405,9 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
             if attention_mask is None:
                 attention_mask = torch.ones(batch, past_length + length, dtype=torch.long)
-            cost = self._price(
-                input_ids, attention_mask, length, past_length, logits_to_keep, pixel_values is not None
-            )
+            with_vision = pixel_values is not None
+            image_tokens = self._image_token_counts(input_ids, attention_mask.sum(-1).cpu(), with_vision)
+            cost = self._price(image_tokens, attention_mask, length, past_length, logits_to_keep, with_vision)
             self._record(sink, cost=cost, full_cost=cost, plan=None, budget=None,
                          prefill_tokens=attention_mask.sum(-1).cpu())  # fmt: skip
         return AdaLlavaOutput(
@@ -395,24 +416,25 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
 
     def _price(
         self,
-        input_ids,
+        image_tokens: torch.Tensor,
         attention_mask,
         length: int,
         past_length: int,
         logits_to_keep,
         with_vision: bool,
         plan: ExecutionPlan | None = None,
+        num_images: torch.Tensor | None = None,
     ) -> BatchCost:
-        """Per-row FLOPs of this call: a prefill (empty cache) or `length` steps after the cache."""
+        """Per-row FLOPs of this call: a prefill (empty cache) or `length` steps after the cache.
+        image_tokens: long [B] visual tokens each row feeds the LLM (after any token selection)."""
         real = attention_mask.sum(-1).cpu()  # [B] real tokens so far, past included
         if past_length > 0:
             if length == 1:
                 return price_decode_step(self.shape, real, plan)
             return price_decode(self.shape, real - length, torch.full_like(real, length), plan)
-        image_tokens = self._image_token_counts(input_ids, real, with_vision)
         keep = logits_to_keep if isinstance(logits_to_keep, int) and logits_to_keep > 0 else None
         logits_tokens = real if keep is None else real.clamp(max=keep)
-        return price_prefill(self.shape, real, image_tokens, logits_tokens, plan, with_vision)
+        return price_prefill(self.shape, real, image_tokens, logits_tokens, plan, with_vision, num_images)
 
     @staticmethod
     def _record(sink: dict | None, **values) -> None:
@@ -480,6 +502,21 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             return (input_ids == self.config.image_token_id).sum(-1).cpu()
         # embeddings given: one image per row when pixels came with them
         return torch.full_like(real, self.shape.image_tokens_per_image if with_vision else 0)
+
+    def _embed_selected(self, input_ids, pixel_values, inputs_embeds, attention_mask, labels):
+        """Embeddings with PruMerge(+)-selected visual tokens spliced in; rows are re-laid out left-padded.
+        Returns (embeds [B, T', D], attention_mask [B, T'], labels or None, image tokens per row [B])."""
+        if input_ids is None:
+            raise ValueError("token selection needs input_ids (to find the image placeholders)")
+        if inputs_embeds is None:
+            inputs_embeds = self.base.get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        images = select_image_tokens(self.base.model, pixel_values, self.adaptive.token_selection)
+        embeds, mask, labels, counts = splice_image_tokens(
+            inputs_embeds, input_ids, attention_mask, labels, images, self.config.image_token_id
+        )
+        return embeds, mask, labels, counts.cpu()
 
     def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
         """Token embeddings with image features scattered into the image-token slots, as HF Llava does."""
@@ -690,14 +727,12 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
     def _update_model_kwargs_for_generation(
         self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1
     ):
-        """After prefill with a budget: freeze the chosen plan for the remaining steps and account for
-        the inserted latency token in the attention mask and position ids."""
-        if getattr(outputs, "latency_positions", None) is not None:
-            positions = outputs.latency_positions
-            if model_kwargs.get("attention_mask") is not None:  # HF drops the mask when nothing is padded
-                model_kwargs["attention_mask"] = insert_at(model_kwargs["attention_mask"], positions, 1)
-            if model_kwargs.get("position_ids") is not None:
-                model_kwargs["position_ids"] = insert_position_ids(model_kwargs["position_ids"], positions)
+        """After the prefill: freeze its plan for the remaining steps, and continue from the layout
+        it ran (latency token inserted, visual tokens selected) rather than the prompt as given."""
+        if getattr(outputs, "attention_mask", None) is not None:
+            model_kwargs["attention_mask"] = outputs.attention_mask
+            model_kwargs["position_ids"] = outputs.position_ids
+        if getattr(outputs, "plan", None) is not None and model_kwargs.get("plan") is None:
             model_kwargs["budget"] = None
             model_kwargs["plan"] = outputs.plan
         return super()._update_model_kwargs_for_generation(

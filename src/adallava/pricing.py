@@ -88,14 +88,22 @@ def price_prefill(
     logits_tokens: torch.Tensor,
     plan: ExecutionPlan | None,
     with_vision: bool,
+    num_images: torch.Tensor | None = None,
 ) -> BatchCost:
     """Cost of a prefill. tokens / image_tokens / logits_tokens: long [B] real tokens per row (image
-    tokens included, latency token included), of them image placeholders, positions through lm_head."""
+    tokens included, latency token included), of them visual tokens, positions through lm_head.
+    num_images: images per row through the tower (default: visual tokens / tokens per image; give it
+    when visual tokens were selected, e.g. by PruMerge)."""
     per_image = shape.image_tokens_per_image if shape.vision is not None else 0
     rows = []
     for r, kwargs in enumerate(_plan_rows(shape, plan, len(tokens))):
-        images = int(image_tokens[r]) // per_image if with_vision and per_image else 0
         image_count = int(image_tokens[r])
+        if not with_vision:
+            images = 0
+        elif num_images is not None:
+            images = int(num_images[r])
+        else:
+            images = image_count // per_image if per_image else 0
         rows.append(
             _prefill_cost(
                 shape,
