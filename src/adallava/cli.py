@@ -9,7 +9,20 @@ import importlib
 import sys
 
 # Order here is the order of `adallava --help`.
-COMMANDS = ["ask", "models", "demo", "world", "train", "flops", "score", "convert", "init", "plot", "report"]
+COMMANDS = [
+    "ask",
+    "models",
+    "demo",
+    "world",
+    "train",
+    "eval",
+    "flops",
+    "score",
+    "convert",
+    "init",
+    "plot",
+    "report",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
