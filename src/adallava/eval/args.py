@@ -15,6 +15,7 @@ BENCHMARKS = ("vqav2", "pope", "mme", "textvqa", "scienceqa", "mmbench")
 METHODS = ("adaptive", "early-exit", "random", "static", "full")
 DTYPES = ("float32", "bfloat16", "float16")
 PROMPT_FORMATS = ("auto", "chat_template", "llava_v1")
+TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+")
 DEFAULT_BUDGETS = (0.5, 0.6, 0.75, 0.85, 1.0)
 
 
@@ -59,6 +60,8 @@ class EvalArgs:
     (`USER: <image>\\n{prompt} ASSISTANT:`)."""
     pad_to_square: bool = False
     """Pad images to a square with the mean colour first (LLaVA-1.5: image_aspect_ratio pad)."""
+    token_selection: str | None = None
+    """Override the model's visual token selection: none, prumerge or prumerge+ (default: the model's)."""
     device: str | None = None
     """Torch device (default: the accelerate process's device: cuda if available, else cpu)."""
     dtype: str = "float32"
@@ -104,6 +107,9 @@ class EvalArgs:
         )
         _check(self, "seed", self.seed >= 0, "must be >= 0")
         _check(self, "threads", self.threads is None or self.threads >= 1, "must be >= 1")
+        if self.token_selection is not None and self.token_selection not in TOKEN_SELECTIONS:
+            raise ValueError(f"{flag('token_selection')} must be one of {', '.join(TOKEN_SELECTIONS)}; "
+                             f"got {self.token_selection!r}")  # fmt: skip
         for name, allowed in (("protocol", PROTOCOLS), ("dtype", DTYPES), ("prompt_format", PROMPT_FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(

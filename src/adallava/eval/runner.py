@@ -19,7 +19,7 @@ import json
 import shlex
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -651,6 +651,8 @@ def evaluate(args: EvalArgs) -> list[dict]:
     device = torch.device(args.device) if args.device else state.device
     benchmarks = load_benchmarks(args.data, args.benchmarks, args.limit)
     model, processor, adaptive = load_model(args.model, args.dtype, device)
+    if args.token_selection is not None:  # e.g. PruMerge on top of adaptive plans (issue 7)
+        model.adaptive = replace(model.adaptive, token_selection=args.token_selection)
     depth = Depth(model.num_layers, model.num_prefix)
     providers = [make_provider(method, depth, args) for method in args.methods]
     for provider in providers:
@@ -687,9 +689,10 @@ def evaluate(args: EvalArgs) -> list[dict]:
                 if isinstance(provider, StaticPlans):
                     choice = provider.choices[benchmark.name][upper_layers_for(depth, budget)]
                     extra["static_plan"] = choice.to_dict()
-                row = result_row(
-                    benchmark, provider.name, budget, result, answers, timing, depth.num_layers, extra
-                )
+                # Token selection is part of the method's name in results: "adaptive+prumerge".
+                selection = model.adaptive.token_selection
+                method = provider.name if selection == "none" else f"{provider.name}+{selection}"
+                row = result_row(benchmark, method, budget, result, answers, timing, depth.num_layers, extra)
                 if deterministic and isinstance(provider, Adaptive):  # the Table 2 ablation's numbers
                     row["metrics"] |= {"violations": row["violations"], "budget_use": row["budget_use"]}
                 rows.append(row)
