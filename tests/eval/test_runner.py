@@ -287,3 +287,13 @@ def test_eval_args_name_the_flag_to_change(tmp_path):
             EvalArgs(**base, **overrides)
     with pytest.raises(FileNotFoundError, match="--data"):
         benchmark_entries(tmp_path / "missing")
+
+
+def test_token_selection_runs_on_top_of_adaptive_plans(world, models, tmp_path):
+    common = ["--model", models[1], "--data", world, "--benchmark", "pope", "--budgets", "0.75"]
+    common += ["--methods", "adaptive", "--max-new-tokens", 2, "--no-progress", "--no-measure-ttft"]
+    assert run_eval(*common, "--token-selection", "prumerge", "--out", tmp_path / "prumerge") == 0
+    (row,) = rows_of(tmp_path / "prumerge")
+    assert row["method"] == "adaptive+prumerge" and row["violations"] == 0
+    assert run_eval(*common, "--out", tmp_path / "plain") == 0
+    assert row["llm_flops"] < rows_of(tmp_path / "plain")[0]["llm_flops"]  # fewer visual tokens reach the LLM

@@ -543,6 +543,12 @@ def result_row(
     return row | dict(extra)
 
 
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key of a method name, e.g. "adaptive" or "adaptive+prumerge" (base method, then selection)."""
+    base, _, selection = method.partition("+")
+    return METHODS.index(base), selection
+
+
 def write_results(out: Path, rows: Sequence[dict]) -> list[dict]:
     """Merge `rows` into out/results.json (a row replaces an earlier one of the same benchmark, method
     and budget) and write results.csv. Returns all rows."""
@@ -552,7 +558,7 @@ def write_results(out: Path, rows: Sequence[dict]) -> list[dict]:
     new = {_row_key(row) for row in rows}
     merged = [row for row in existing if _row_key(row) not in new] + list(rows)
     merged.sort(
-        key=lambda row: (BENCHMARKS.index(row["benchmark"]), METHODS.index(row["method"]), row["budget"])
+        key=lambda row: (BENCHMARKS.index(row["benchmark"]), *method_order(row["method"]), row["budget"])
     )
     path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
     with (out / RESULTS_CSV).open("w", encoding="utf-8", newline="") as handle:
