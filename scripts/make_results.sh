@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Regenerates RESULTS.md from the bundled models on the synthetic world's held-out test split:
+# adallava eval for each model and method, then adallava report. Work goes to runs/results/.
+#   bash scripts/make_results.sh          (or: make results)
+# Needs the bundled models (bash scripts/build_bundled.sh) and the test world (runs/world-test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+WORLD=${WORLD:-runs/world-test}
+BUDGETS=0.5,0.6,0.75,0.85,1.0
+OUT=runs/results
+[ -f "$WORLD/manifest.json" ] || adallava world generate --out "$WORLD" --seed 1 --n 100 --split test --no-progress
+common=(--data "$WORLD" --budgets "$BUDGETS" --batch-size 32 --threads 1 --no-progress)
+adallava eval --model tiny-adallava-l --methods adaptive,early-exit,random,full "${common[@]}" --out $OUT/tiny-adallava-l
+adallava eval --model tiny-adallava-h --methods adaptive "${common[@]}" --out $OUT/tiny-adallava-h
+adallava eval --model tiny-llava --methods early-exit,full "${common[@]}" --out $OUT/tiny-llava
+adallava eval --model tiny-adallava-l --methods adaptive --token-selection prumerge "${common[@]}" \
+    --out $OUT/tiny-adallava-l-prumerge
+if [ -d runs/tiny-adallava-l-deterministic ]; then
+  adallava eval --model runs/tiny-adallava-l-deterministic --methods adaptive "${common[@]}" \
+      --out $OUT/tiny-adallava-l-deterministic
+fi
+adallava plot $OUT/* --out $OUT/plots
+adallava report --results $OUT/* --plots $OUT/plots --out RESULTS.md
+echo "wrote RESULTS.md"
