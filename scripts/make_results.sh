@@ -16,6 +16,9 @@ adallava eval --model tiny-adallava-h --methods adaptive "${common[@]}" --out $O
 adallava eval --model tiny-llava --methods early-exit,full "${common[@]}" --out $OUT/tiny-llava
 adallava eval --model tiny-adallava-l --methods adaptive --token-selection prumerge "${common[@]}" \
     --out $OUT/tiny-adallava-l-prumerge
+if [ ! -f runs/tiny-adallava-l-deterministic/adaptive_config.json ]; then  # the Table 2 ablation, ~5 min
+  adallava train --config configs/tiny-adaptive-l-deterministic.yaml --model src/adallava/bundled/tiny-llava --no-progress-bar
+fi
 if [ -d runs/tiny-adallava-l-deterministic ]; then
   adallava eval --model runs/tiny-adallava-l-deterministic --methods adaptive "${common[@]}" \
       --out $OUT/tiny-adallava-l-deterministic
