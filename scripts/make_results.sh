@@ -23,6 +23,8 @@ if [ -d runs/tiny-adallava-l-deterministic ]; then
   adallava eval --model runs/tiny-adallava-l-deterministic --methods adaptive "${common[@]}" \
       --out $OUT/tiny-adallava-l-deterministic
 fi
-adallava plot $OUT/* --out $OUT/plots
-adallava report --results $OUT/* --plots $OUT/plots --out RESULTS.md
+PLOTS=results-plots  # committed beside RESULTS.md, which links to them
+folders=$(find $OUT -mindepth 1 -maxdepth 1 -type d | sort)
+adallava plot $folders --out $PLOTS
+adallava report --results $folders --plots $PLOTS --out RESULTS.md
 echo "wrote RESULTS.md"
