@@ -295,5 +295,6 @@ def test_token_selection_runs_on_top_of_adaptive_plans(world, models, tmp_path):
     assert run_eval(*common, "--token-selection", "prumerge", "--out", tmp_path / "prumerge") == 0
     (row,) = rows_of(tmp_path / "prumerge")
     assert row["method"] == "adaptive+prumerge" and row["violations"] == 0
+    assert row["scheduler"] == "probabilistic"
     assert run_eval(*common, "--out", tmp_path / "plain") == 0
     assert row["llm_flops"] < rows_of(tmp_path / "plain")[0]["llm_flops"]  # fewer visual tokens reach the LLM

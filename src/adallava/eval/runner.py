@@ -684,6 +684,7 @@ def evaluate(args: EvalArgs) -> list[dict]:
                 predictions = write_predictions(benchmark, folder, items, answers, model_id)
                 extra: dict[str, Any] = {
                     "model": str(args.model),
+                    "scheduler": model.adaptive.scheduler if adaptive else None,  # Table 2 groups by it
                     "protocol": args.protocol,
                     "max_new_tokens": engine.max_new_tokens,
                     "predictions": str(predictions.relative_to(out)),
