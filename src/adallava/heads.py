@@ -21,6 +21,12 @@ import torch
 from torch import nn
 
 
+def mlp_group_sizes(intermediate_size: int, groups: int) -> list[int]:
+    """Neurons per MLP group: `groups` contiguous slices, the first I % G one neuron larger."""
+    base, extra = divmod(intermediate_size, groups)
+    return [base + (g < extra) for g in range(groups)]
+
+
 @dataclass(frozen=True)
 class UnitGeometry:
     """How a layer splits into switchable units."""
@@ -51,9 +57,7 @@ class UnitGeometry:
         return self.num_heads // self.num_kv_heads
 
     def group_sizes(self) -> list[int]:
-        """Neurons per MLP group: the first I % G groups one neuron larger."""
-        base, extra = divmod(self.intermediate_size, self.mlp_groups)
-        return [base + (g < extra) for g in range(self.mlp_groups)]
+        return mlp_group_sizes(self.intermediate_size, self.mlp_groups)
 
     def query_index(self, head_mask: torch.Tensor) -> torch.Tensor:
         """Rows of q_proj (= columns of o_proj) of the units on. head_mask: bool [H] -> long [R]."""

@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from adallava.cost import Cost, ModelShape, decode_cost, decode_step_cost, llm_prefill_flops, prefill_cost
+from adallava.heads import mlp_group_sizes
 from adallava.plan import ExecutionPlan
 
 
@@ -61,9 +62,7 @@ def _plan_rows(shape: ModelShape, plan: ExecutionPlan | None, batch: int) -> lis
     if plan.heads is None:
         return [{"layers": row} for row in layers]
     head_units = [tuple(row) for row in plan.heads.sum(-1).cpu().tolist()]  # [B][N]
-    groups = plan.mlp.shape[-1]
-    base, extra = divmod(shape.text.intermediate_size, groups)  # the first I % G groups are one larger
-    sizes = torch.tensor([base + (g < extra) for g in range(groups)], dtype=torch.long)
+    sizes = torch.tensor(mlp_group_sizes(shape.text.intermediate_size, plan.mlp.shape[-1]), dtype=torch.long)
     neurons = [tuple(row) for row in (plan.mlp.cpu().long() * sizes).sum(-1).tolist()]  # [B][N]
     return [
         {"layers": layers[r], "head_units": head_units[r], "mlp_neurons": neurons[r]} for r in range(batch)

@@ -39,12 +39,17 @@ def gumbel_noise(
     return -torch.log((-torch.log(uniform)).clamp_min(_EPS))
 
 
-def _rank_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """True for the k[b] highest scores of each row. scores [B, S], k long [B] -> bool [B, S]."""
-    order = scores.argsort(dim=-1, descending=True, stable=True)  # [B, S]
+def _ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Position of each switch in descending score order. [B, S] -> long [B, S]."""
+    order = scores.argsort(dim=-1, descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
-    return ranks < k[:, None]
+    return ranks
+
+
+def _rank_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """True for the k[b] highest scores of each row. scores [B, S], k long [B] -> bool [B, S]."""
+    return _ranks(scores) < k[:, None]
 
 
 def greedy_mask(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -85,14 +90,6 @@ def sample_mask_straight_through(
 # ---- units of unequal cost (head switches) ------------------------------------------------------
 
 FIT_TOLERANCE = 1e-9  # relative slack on capacities, as in adallava.budget
-
-
-def _ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Position of each switch in descending score order. [B, S] -> long [B, S]."""
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
-    return ranks
 
 
 def fit_in_order(scores: torch.Tensor, costs: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from adallava.eval.prompts import chat_prompt
 from adallava.hub import BUNDLED, DEFAULT_MODEL, load_model
 
 
@@ -59,19 +60,11 @@ def open_image(path: Path) -> Image.Image:
         raise ValueError(f"--image {str(path)!r} is not an image PIL can read ({error})") from None
 
 
-def build_prompt(processor, question: str) -> str:
-    """The model's own chat template when it has one, else LLaVA-1.5's format."""
-    if getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
-    return f"USER: <image>\n{question} ASSISTANT:"
-
-
 def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
     """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    inputs = processor(images=image, text=build_prompt(processor, question), return_tensors="pt")
+    inputs = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt")
     inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
     start = time.perf_counter()
     with torch.no_grad():

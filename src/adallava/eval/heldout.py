@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from adallava.commands.ask import build_prompt
+from adallava.eval.prompts import chat_prompt
 from adallava.plan import ExecutionPlan
 
 
@@ -65,7 +65,7 @@ def evaluate_heldout(
         for question in batch:
             with Image.open(question.image) as image:
                 images.append(image.convert("RGB"))
-        texts = [build_prompt(processor, question.prompt) for question in batch]
+        texts = [chat_prompt(processor, question.prompt) for question in batch]
         inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
         inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
         kwargs = {}

@@ -29,3 +29,12 @@ def multiple_choice_prompt(
     lines.extend(f"{letter}. {option}" for letter, option in zip(OPTION_LETTERS, options, strict=False))
     lines.append(LETTER_ANSWER)
     return "\n".join(lines)
+
+
+def chat_prompt(processor, question: str) -> str:
+    """One question about one image as the model expects it: the processor's chat template when it has
+    one, else LLaVA-1.5's `USER: <image>\n{question} ASSISTANT:`."""
+    if getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    return f"USER: <image>\n{question} ASSISTANT:"
