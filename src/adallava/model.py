@@ -82,13 +82,16 @@ class AdaLlavaOutput(ModelOutput):
 class AdaGenerateOutput(GenerateDecoderOnlyOutput):
     """`generate(..., return_dict_in_generate=True)` output with each row's plan and costs:
     `prefill_cost` / `full_prefill_cost` (what the prefill ran, and would with every layer) and
-    `decode_cost` (the row's decoding steps up to and including its end-of-sequence token)."""
+    `decode_cost` (the row's decoding steps up to and including its end-of-sequence token).
+    `prefill_tokens`: long [B] positions each row's prefill cached (prompt, latency token), so that
+    `AdaLlava.decode_cost` can price a row cut shorter than the batch (a server's per-request limit)."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
     prefill_cost: BatchCost | None = None
     full_prefill_cost: BatchCost | None = None
     decode_cost: BatchCost | None = None
+    prefill_tokens: torch.Tensor | None = None
 
 
 class AdaLlava(PreTrainedModel, GenerationMixin):
@@ -602,28 +605,44 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             budget=sink.get("budget"),
             prefill_cost=sink.get("cost"),
             full_prefill_cost=sink.get("full_cost"),
-            decode_cost=self._decode_cost(sink, new_tokens),
+            decode_cost=(
+                self.decode_cost(sink["prefill_tokens"], new_tokens, sink.get("plan"))
+                if "cost" in sink
+                else None
+            ),
+            prefill_tokens=sink.get("prefill_tokens"),
             **fields,
         )
 
-    def _decode_cost(self, sink: dict, new_tokens: torch.Tensor) -> BatchCost | None:
+    def decode_cost(
+        self,
+        prefill_tokens: torch.Tensor,
+        new_tokens: torch.Tensor,
+        plan: ExecutionPlan | None,
+        limits: torch.Tensor | None = None,
+    ) -> BatchCost:
         """FLOPs of each row's decoding steps. The prefill produced the first new token; each later
-        token is one step, fed the previous token, up to the row's first end-of-sequence token."""
-        if "cost" not in sink:
-            return None
-        new_tokens = new_tokens.cpu()  # [B, G]
+        token is one step, fed the previous token, up to the row's first end-of-sequence token (and
+        at most `limits[b]` new tokens when given). prefill_tokens, limits: long [B]; new_tokens [B, G]."""
+        produced = self.produced_tokens(new_tokens.cpu())  # [B]
+        if limits is not None:
+            produced = torch.minimum(produced, limits.cpu())
+        return price_decode(self.shape, prefill_tokens, (produced - 1).clamp(min=0), plan)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """The generation config's end-of-sequence ids (none, one or several)."""
         eos = self.generation_config.eos_token_id
-        eos = torch.tensor(
-            [] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long
-        )
-        is_eos = torch.isin(new_tokens, eos)
-        produced = torch.where(
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    def produced_tokens(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """long [B]: new tokens [B, G] up to and including each row's first end-of-sequence token."""
+        is_eos = torch.isin(new_tokens, torch.tensor(self.eos_token_ids, dtype=torch.long))
+        return torch.where(
             is_eos.any(-1),
             is_eos.float().argmax(-1) + 1,
             torch.full_like(new_tokens[:, 0], new_tokens.shape[1]),
-        )  # [B] tokens up to and including the first EOS
-        steps = (produced - 1).clamp(min=0)
-        return price_decode(self.shape, sink["prefill_tokens"], steps, sink.get("plan"))
+        )
 
     def _update_model_kwargs_for_generation(
         self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1

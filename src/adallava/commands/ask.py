@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
+from adallava.answering import answer_batch, encode
 from adallava.eval.prompts import chat_prompt
 from adallava.hub import BUNDLED, DEFAULT_MODEL, load_model
 
@@ -64,41 +64,19 @@ def ask(model, processor, image: Image.Image, question: str, budget, max_new_tok
     """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
     if max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    inputs = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt")
-    inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    prompt = encode(processor, chat_prompt(processor, question), [image])
     start = time.perf_counter()
-    with torch.no_grad():
-        out = model.generate(
-            **inputs,
-            budget=budget,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            return_dict_in_generate=True,
-        )
+    [answer] = answer_batch(model, processor, [prompt], [budget], [max_new_tokens])
     ms = (time.perf_counter() - start) * 1e3
-    new = out.sequences[0, inputs["input_ids"].shape[1] :]
-    plan = out.plan
     return {
-        "answer": processor.tokenizer.decode(new, skip_special_tokens=True).strip(),
-        "budget": None if out.budget is None else float(out.budget[0]),
-        "plan": {
-            "layers": plan.executed_layers()[0] if plan is not None else list(range(model.num_layers)),
-            "num_layers": model.num_layers,
-            **(
-                {"head_units": plan.heads[0].sum(-1).tolist()}
-                if plan is not None and plan.heads is not None
-                else {}
-            ),
-        },
-        "flops": _flops(out.prefill_cost),
-        "full_flops": _flops(out.full_prefill_cost),
-        "decode_flops": _flops(out.decode_cost),
+        "answer": answer.text,
+        "budget": answer.budget,
+        "plan": answer.plan,
+        "flops": answer.prefill_flops,
+        "full_flops": answer.full_prefill_flops,
+        "decode_flops": answer.decode_flops,
         "ms": ms,
     }
-
-
-def _flops(cost) -> dict[str, float]:
-    return {"llm": float(cost.llm[0]), "total": float(cost.total[0])}
 
 
 def run(args) -> int:

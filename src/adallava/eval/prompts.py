@@ -34,7 +34,21 @@ def multiple_choice_prompt(
 def chat_prompt(processor, question: str) -> str:
     """One question about one image as the model expects it: the processor's chat template when it has
     one, else LLaVA-1.5's `USER: <image>\n{question} ASSISTANT:`."""
+    return conversation_prompt(
+        processor, [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    )
+
+
+def conversation_prompt(processor, messages: Sequence[dict]) -> str:
+    """A conversation in Hugging Face's chat format ({"role", "content": [{"type": "image"} |
+    {"type": "text", "text"}]}) as the model's prompt, ready for the model's answer: the processor's
+    chat template when it has one, else LLaVA-1.5's v1 format (`USER: <image>\n... ASSISTANT:`)."""
     if getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True)
-    return f"USER: <image>\n{question} ASSISTANT:"
+        return processor.apply_chat_template(list(messages), add_generation_prompt=True)
+    turns = []
+    for message in messages:
+        parts = message["content"]
+        text = "".join("<image>\n" if part["type"] == "image" else part["text"] for part in parts)
+        role = {"user": "USER: ", "assistant": "ASSISTANT: "}.get(message["role"], "")
+        turns.append(f"{role}{text}")
+    return " ".join(turns) + " ASSISTANT:"

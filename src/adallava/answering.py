@@ -1,0 +1,146 @@
+"""Answers for a batch of chat requests, each with its own budget and token limit.
+
+The one path from prompts to answers that `adallava ask` (a batch of one) and `adallava serve` (the
+requests that arrived together) share: encode each request once, left-pad them into one batch, call
+`AdaLlava.generate` with a budget per row, and read back each row's answer, plan and FLOPs. Greedy
+decoding, so a row's answer does not depend on its batch-mates (tests/test_model.py checks that
+batched generation equals one request at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+FINISH_STOP = "stop"  # the model wrote its end-of-sequence token
+FINISH_LENGTH = "length"  # the request's max_new_tokens ran out first
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request, encoded. input_ids: long [T] (image placeholders expanded to the model's visual
+    tokens); pixel_values: float [I, 3, H, W] for its I images, or None for a text-only request."""
+
+    input_ids: torch.Tensor
+    pixel_values: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One row's answer and what it cost. FLOPs dicts hold {"llm", "total"} (decoder stack; everything
+    including vision tower and lm_head). `plan` is {"layers": executed indices, "num_layers"} plus
+    "head_units" (units run per layer) for head switches. `budget` is the fraction the row ran under
+    (None: the base model, no scheduler). `completion_tokens` counts the end-of-sequence token when
+    the model wrote one (it was computed); `token_ids` / `text` leave it out."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    completion_tokens: int
+    prompt_tokens: int
+    budget: float | None
+    plan: dict
+    prefill_flops: dict[str, float]
+    full_prefill_flops: dict[str, float]
+    decode_flops: dict[str, float]
+
+
+def encode(processor, text: str, images: Sequence[Image.Image] = ()) -> Prompt:
+    """Tokenize one prompt (from `chat_prompt` / `conversation_prompt`) with its images."""
+    inputs = processor(images=list(images) or None, text=[text], return_tensors="pt")
+    return Prompt(inputs["input_ids"][0], inputs.get("pixel_values"))
+
+
+def collate(prompts: Sequence[Prompt], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded input_ids / attention_mask [B, T] and the batch's pixel_values [sum I, 3, H, W]."""
+    width = max(p.num_tokens for p in prompts)
+    lengths = torch.tensor([p.num_tokens for p in prompts])  # [B]
+    attention_mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()  # [B, T]
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    input_ids[attention_mask.bool()] = torch.cat([p.input_ids for p in prompts])
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
+    if pixels:
+        batch["pixel_values"] = torch.cat(pixels)
+    return batch
+
+
+@torch.no_grad()
+def answer_batch(
+    model,
+    processor,
+    prompts: Sequence[Prompt],
+    budgets: Sequence[float | str | None],
+    max_new_tokens: Sequence[int],
+    **generate_kwargs,
+) -> list[Answer]:
+    """Greedy answers for a batch, row r under `budgets[r]` (a fraction, a FLOPs string such as "2M",
+    or None for every row: the base model) with at most `max_new_tokens[r]` new tokens. Extra kwargs
+    go to `generate` (e.g. a `streamer`, `stopping_criteria`). Raises ValueError for a bad budget."""
+    if not len(prompts) == len(budgets) == len(max_new_tokens):
+        raise ValueError(
+            f"one budget and one max_new_tokens per prompt: got {len(prompts)} prompts, "
+            f"{len(budgets)} budgets, {len(max_new_tokens)} max_new_tokens"
+        )
+    if any(n < 1 for n in max_new_tokens):
+        raise ValueError(f"max_new_tokens must be >= 1 per row, got {list(max_new_tokens)}")
+    unbudgeted = [b is None for b in budgets]
+    if any(unbudgeted) and not all(unbudgeted):
+        raise ValueError("a batch runs either every row under a budget or none (the base model)")
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    inputs = collate(prompts, pad)
+    out = model.generate(
+        **inputs,
+        budget=None if all(unbudgeted) else list(budgets),
+        max_new_tokens=max(max_new_tokens),
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=pad,
+        return_dict_in_generate=True,
+        **generate_kwargs,
+    )
+    new = out.sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [B, G]
+    limits = torch.tensor(list(max_new_tokens))  # [B]
+    produced = torch.minimum(model.produced_tokens(new), limits)  # [B] tokens each row computed
+    decode = model.decode_cost(out.prefill_tokens, new, out.plan, limits)
+    eos = set(model.eos_token_ids)
+    executed = out.plan.executed_layers() if out.plan is not None else None
+    answers = []
+    for row, prompt in enumerate(prompts):
+        tokens = new[row, : int(produced[row])].tolist()
+        stopped = bool(tokens) and tokens[-1] in eos
+        if stopped:
+            tokens = tokens[:-1]
+        plan = {
+            "layers": executed[row] if executed is not None else list(range(model.num_layers)),
+            "num_layers": model.num_layers,
+        }
+        if out.plan is not None and out.plan.heads is not None:
+            plan["head_units"] = out.plan.heads[row].sum(-1).tolist()
+        answers.append(
+            Answer(
+                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                token_ids=tokens,
+                finish_reason=FINISH_STOP if stopped else FINISH_LENGTH,
+                completion_tokens=int(produced[row]),
+                prompt_tokens=prompt.num_tokens,
+                budget=None if out.budget is None else float(out.budget[row]),
+                plan=plan,
+                prefill_flops=_flops(out.prefill_cost, row),
+                full_prefill_flops=_flops(out.full_prefill_cost, row),
+                decode_flops=_flops(decode, row),
+            )
+        )
+    return answers
+
+
+def _flops(cost, row: int) -> dict[str, float]:
+    return {"llm": float(cost.llm[row]), "total": float(cost.total[row])}

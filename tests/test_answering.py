@@ -1,0 +1,55 @@
+"""answer_batch: a batch with mixed budgets and token limits answers as each request alone."""
+
+import pytest
+from PIL import Image
+
+from adallava.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
+from adallava.eval.prompts import chat_prompt, conversation_prompt
+from adallava.hub import load_model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("tiny-adallava-l")
+
+
+def _scene():
+    return Image.open("examples/scene.png").convert("RGB")
+
+
+def test_mixed_budgets_and_limits_answer_as_one_at_a_time(bundled):
+    model, processor = bundled
+    questions = ["what color is the circle ?", "how many shapes are there ?", "what shape is red ?"]
+    prompts = [encode(processor, chat_prompt(processor, q), [_scene()]) for q in questions]
+    budgets, limits = [0.5, 1.0, "40M"], [2, 8, 5]
+    batched = answer_batch(model, processor, prompts, budgets, limits)
+    for prompt, budget, limit, answer in zip(prompts, budgets, limits, batched, strict=True):
+        [alone] = answer_batch(model, processor, [prompt], [budget], [limit])
+        assert answer == alone
+        assert answer.completion_tokens <= limit
+        assert answer.finish_reason in (FINISH_STOP, FINISH_LENGTH)
+        if answer.finish_reason == FINISH_LENGTH:
+            assert len(answer.token_ids) == limit
+    assert batched[0].budget == 0.5 and len(batched[0].plan["layers"]) == 4
+    assert batched[1].prefill_flops == batched[1].full_prefill_flops
+
+
+def test_a_text_only_request_batches_with_image_requests(bundled):
+    model, processor = bundled
+    text_only = [{"role": "user", "content": [{"type": "text", "text": "what is a circle ?"}]}]
+    prompts = [
+        encode(processor, conversation_prompt(processor, text_only)),
+        encode(processor, chat_prompt(processor, "what color is the circle ?"), [_scene()]),
+    ]
+    batched = answer_batch(model, processor, prompts, [0.75, 0.75], [4, 4])
+    for prompt, answer in zip(prompts, batched, strict=True):
+        assert answer == answer_batch(model, processor, [prompt], [0.75], [4])[0]
+
+
+def test_budgets_must_be_all_given_or_all_absent(bundled):
+    model, processor = bundled
+    prompt = encode(processor, chat_prompt(processor, "what shape ?"), [_scene()])
+    with pytest.raises(ValueError, match="either every row under a budget or none"):
+        answer_batch(model, processor, [prompt, prompt], [None, 0.5], [2, 2])
+    with pytest.raises(ValueError, match="outside the allowed range"):
+        answer_batch(model, processor, [prompt], [0.2], [2])
