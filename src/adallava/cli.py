@@ -11,6 +11,7 @@ import sys
 # Order here is the order of `adallava --help`.
 COMMANDS = [
     "ask",
+    "serve",
     "models",
     "demo",
     "world",

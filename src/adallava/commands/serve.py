@@ -1,0 +1,68 @@
+"""`adallava serve`: an OpenAI-compatible chat-completions server with a budget per request.
+
+adallava serve                                    # tiny-adallava-l on http://127.0.0.1:8000
+adallava serve --model tiny-adallava-h --port 8080 --max-batch-size 16
+curl -s localhost:8000/v1/models
+
+POST /v1/chat/completions takes OpenAI's chat format (images as data URLs) plus an optional "budget"
+(a fraction in [b_min, 1] or a FLOPs cap such as "2M"; absent: 1.0, the full model). The page at /
+lets you try it. Limits, status codes and metrics: docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from adallava.hub import BUNDLED, DEFAULT_MODEL
+from adallava.serve.settings import Settings
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API with per-request budgets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"folder or bundled name ({', '.join(BUNDLED)}; default %(default)s)",
+    )
+    parser.add_argument("--served-model-name", help="the model id clients use (default: --model as given)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="(default %(default)s)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default %(default)s)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    Settings.add_arguments(parser.add_argument_group("batching and limits"))
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from adallava.eval.runner import load_model
+    from adallava.serve.app import create_app
+
+    settings = Settings.from_args(args)  # checked before the model loads
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}")
+    model, processor, adaptive = load_model(args.model, dtype=args.dtype, device=args.device)
+    name = args.served_model_name or str(args.model)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(model, processor, settings, name=name, adaptive=adaptive)
+    kind = f"adaptive, b_min {model.b_min:g}" if adaptive else "base model, no budgets"
+    url = f"http://{args.host}:{args.port}"
+    print(f"adallava serve: {name} ({kind}) on {url} (page: /, API: /v1/chat/completions)", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.graceful_timeout_s,
+    )
+    return 0
