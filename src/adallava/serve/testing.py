@@ -18,7 +18,9 @@ class LiveServer:
 
     def __init__(self, app, graceful_timeout_s: float | None = None, start_timeout_s: float = 30.0):
         self.app = app
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+        # without it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
