@@ -4,6 +4,7 @@ makes them and timing the prefill and decoding of each row."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ class ServedModel:
 
     def __init__(self, model, processor, name: str, adaptive: bool, settings: Settings):
         self.model, self.processor, self.settings = model, processor, settings
+        # Requests are prepared in a thread pool; a fast tokenizer must not be entered concurrently.
+        self._processor_lock = threading.Lock()
         text_config = model.config.get_text_config()
         self.context_length = int(text_config.max_position_embeddings)
         configured = getattr(model.generation_config, "max_new_tokens", None)
@@ -66,8 +69,9 @@ class ServedModel:
     def prepare(self, request: ParsedRequest) -> Prompt:
         """The request as the model's prompt; 400 when it does not fit the context or the limit."""
         try:
-            text = conversation_prompt(self.processor, request.messages)
-            prompt = encode(self.processor, text, request.images)
+            with self._processor_lock:
+                text = conversation_prompt(self.processor, request.messages)
+                prompt = encode(self.processor, text, request.images)
         except ValueError as error:  # e.g. a chat template that cannot place the image
             raise bad_request(
                 f"messages: cannot make the model's prompt: {error}", param="messages"
