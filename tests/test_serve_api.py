@@ -262,3 +262,13 @@ def test_a_base_model_refuses_budgets_and_runs_every_layer():
         report = answered.json()["adallava"]
         assert report["budget"] is None and report["plan"]["layers"] == list(range(8))
         assert report["prefill_flops"] == report["full_prefill_flops"]
+
+
+def test_serve_command_checks_its_settings_before_loading(capsys):
+    from adallava.cli import build_parser, main
+
+    assert "serve" in build_parser().format_help()
+    assert main(["serve", "--max-queue", "0"]) == 2
+    assert "--max-queue" in capsys.readouterr().err
+    assert main(["serve", "--default-max-tokens", "500", "--max-tokens-limit", "100"]) == 2
+    assert "max_tokens_limit" in capsys.readouterr().err
