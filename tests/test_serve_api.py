@@ -84,6 +84,8 @@ def test_budget_defaults_to_the_full_model_and_accepts_flops_caps(client):
     capped = post(client, chat_body(budget=f"{cap / 1e6:.3f}M")).json()["adallava"]
     assert capped["prefill_flops"]["llm"] <= cap
     assert capped["budget"] == pytest.approx(cap / capped["full_prefill_flops"]["llm"], rel=1e-3)
+    as_number = post(client, chat_body(budget=cap)).json()["adallava"]  # a number above 1 is a cap too
+    assert as_number["budget"] == pytest.approx(capped["budget"], rel=1e-3)
     as_text = post(client, chat_body(budget="0.75")).json()["adallava"]
     assert as_text["budget"] == 0.75  # a numeric string is a fraction, as on the command line
 
@@ -136,7 +138,8 @@ def _with_image(url: str) -> dict:
 
 BAD_REQUESTS = {
     "budget below b_min": (chat_body(budget=0.3), 400, "invalid_budget", "[0.5, 1]"),
-    "budget above 1 as fraction": (chat_body(budget=1.5), 400, "invalid_budget", "FLOPs"),
+    "budget 1.5 is a 1.5-FLOPs cap": (chat_body(budget=1.5), 400, "invalid_request", "minimum feasible cap"),
+    "budget infinite": (chat_body(budget=float("inf")), 400, "invalid_budget", "finite"),
     "budget not a number": (chat_body(budget="fast"), 400, "invalid_budget", "not a FLOPs amount"),
     "budget a bool": (chat_body(budget=True), 400, "invalid_budget", "got True"),
     "budget NaN": (chat_body(budget=float("nan")), 400, "invalid_budget", "[0.5, 1]"),

@@ -225,7 +225,7 @@ def check_budget(value, card: ModelCard) -> float | str | None:
         )
     budget = parse_budget(value) if isinstance(value, str) else float(value)
     try:
-        if isinstance(budget, str):
+        if isinstance(budget, str) or budget > 1:  # a FLOPs cap; the model converts it per request
             parse_flops(budget)
         else:
             budget_fractions([budget], 1, card.min_budget)
