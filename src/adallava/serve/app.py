@@ -83,6 +83,8 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):
         log.error("unhandled error on %s", request.url.path, exc_info=error)
+        if request.url.path == "/v1/chat/completions":
+            metrics.requests.inc(label="500")
         return await api_error(
             request,
             APIError(
