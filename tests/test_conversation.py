@@ -274,14 +274,15 @@ def test_max_length_cuts_text_but_never_the_image_or_every_answer(world):
         ConversationDataset(data, None, processor, max_length=4)[len(long_enough) - 1]
 
 
-def test_token_cache_gives_the_same_samples(world):
+@pytest.mark.parametrize("cache_images", [False, True])
+def test_token_and_image_caches_give_the_same_samples(world, cache_images):
     model_dir, data = world
     processor = AutoProcessor.from_pretrained(model_dir)
     plain = ConversationDataset(data, None, processor)
-    cached = ConversationDataset(data, None, processor, cache_tokens=True)
+    cached = ConversationDataset(data, None, processor, cache_tokens=True, cache_images=cache_images)
     for index in (0, len(plain) - 1):
         first, second, reference = cached[index], cached[index], plain[index]
-        assert index in cached._token_cache
+        assert index in cached._token_cache and (index in cached._pixel_cache) == cache_images
         for sample in (first, second):
             assert torch.equal(sample.input_ids, reference.input_ids)
             assert torch.equal(sample.labels, reference.labels)

@@ -153,6 +153,7 @@ def setup(args: TrainArgs) -> Run:
         pad_to_square=args.pad_to_square,
         skip_bad=args.skip_bad,
         cache_tokens=args.cache_tokens,
+        cache_images=args.cache_images,
     )
     accelerator = Accelerator(
         mixed_precision=mixed_precision,

@@ -154,6 +154,8 @@ class ConversationDataset(torch.utils.data.Dataset):
     `max_length` tokens are cut at the end (an error if that cuts image tokens or every answer).
     cache_tokens: keep each sample's input_ids and labels after its first use, so later epochs only
     process its image (worth it for short samples on a CPU; memory grows with the data).
+    cache_images: keep each sample's processed pixel values too, so later epochs do no image work at
+    all (for small images only: 48x48 costs 27 KB a sample, LLaVA-1.5's 336x336 1.35 MB).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         pad_to_square: bool = False,
         skip_bad: bool = False,
         cache_tokens: bool = False,
+        cache_images: bool = False,
     ):
         if prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
@@ -180,7 +183,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.system_prompt = system_prompt
         self.pad_to_square = pad_to_square
         self.cache_tokens = cache_tokens
+        self.cache_images = cache_images
         self._token_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pixel_cache: dict[int, torch.Tensor | None] = {}
         if self.tokenizer.eos_token is None:
             raise ValueError("the tokenizer has no eos_token; answers must end with one to teach stopping")
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -331,17 +336,23 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> ConversationSample:
         record = self.records[index]
-        image = self.load_image(index) if "image" in record else None
         cached = self._token_cache.get(index)
         if cached is None:
+            image = self.load_image(index) if "image" in record else None
             input_ids, labels, pixel_values = self._encode(index, image)
             if self.cache_tokens:
                 self._token_cache[index] = (input_ids, labels)
-        else:  # the text was tokenised before; only the image needs processing
+        else:  # the text was tokenised before; only the image may need processing
             input_ids, labels = cached
-            pixel_values = None
-            if image is not None:
+            if index in self._pixel_cache:
+                pixel_values = self._pixel_cache[index]
+            elif "image" in record:
+                image = self.load_image(index)
                 pixel_values = self.processor.image_processor(image, return_tensors="pt")["pixel_values"]
+            else:
+                pixel_values = None
+        if self.cache_images:
+            self._pixel_cache[index] = pixel_values
         return ConversationSample(input_ids, labels, pixel_values, str(_record_id(record, index)))
 
     def _encode(
