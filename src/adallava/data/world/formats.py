@@ -25,9 +25,6 @@ MMBENCH_COLUMNS = ("index", "question", "hint", "A", "B", "C", "D", "answer", "c
 MMBENCH_COLUMNS += ("source", "l2-category", "comment", "split", "image")
 MMBENCH_CATEGORIES = {
     "mmb_attribute": ("attribute_recognition", "finegrained_perception (instance-level)"),
-    "mmb_localization": ("object_localization", "finegrained_perception (instance-level)"),
-    "mmb_spatial": ("spatial_relationship", "relation_reasoning"),
-    "mmb_ocr": ("ocr", "finegrained_perception (instance-level)"),
 }
 HUMAN_ANSWERS = 10  # VQAv2 and TextVQA have 10 human answers per question; ours agree
 

@@ -15,7 +15,6 @@ from adallava.data.world.questions import (
     NOTHING,
     RELATIONS,
     SQA_SIZE_HINT,
-    SQA_WARM_HINT,
 )
 from adallava.data.world.scene import CELL_NAMES, COLORS, LETTERS, PLURALS, SHAPE_COUNTS, SHAPES
 from adallava.eval.prompts import LETTER_ANSWER, OPTION_LETTERS, SHORT_ANSWER
@@ -28,11 +27,9 @@ TEMPLATES = (
     "What color is the shape? What shape is the object? How many are there?",
     "What is in the? Is there a in the image? Is there 1 in this image? Are there",
     "What letter is in the image? What is the letter? Is the letter?",
-    "Which shape is heavy? Which shape is light? Which shape has a warm color? Which shape has a cold color?",
-    "Where is the? Which letter is in the image? Which letter is?",
+    "Is the heavy or light?",
     "Context: A. B. C. D. E.",
     MME_SUFFIX,
-    SQA_WARM_HINT,
     SQA_SIZE_HINT,
     SHORT_ANSWER,
     LETTER_ANSWER,
