@@ -7,7 +7,7 @@ setup:
 test:
 	python3 -m ruff check . && python3 -m pytest -q
 
-bundled:  # rebuild the three bundled models from scratch (~60-70 min on 2 CPU cores)
+bundled:  # rebuild the three bundled models from scratch (35 min on 2 idle CPU cores)
 	bash scripts/build_bundled.sh
 
 results:  # RESULTS.md from the bundled models on the synthetic world

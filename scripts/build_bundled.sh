@@ -2,7 +2,7 @@
 # Rebuilds the three bundled models from scratch on a CPU, in one run: the synthetic world, the tiny
 # LLaVA trained from scratch (tiny-llava), AdaLLaVA-L and AdaLLaVA-H fine-tuned from it, the held-out
 # report, and the packaged copies in src/adallava/bundled/. Work goes to runs/ (git-ignored).
-#   bash scripts/build_bundled.sh            # ~60-70 min on a 2-core CPU (see docs/training.md)
+#   bash scripts/build_bundled.sh            # 35 min on an idle 2-core CPU (see docs/training.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # both cores of a 2-core CPU; use 1 if other work shares the machine
