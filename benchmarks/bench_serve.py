@@ -8,6 +8,11 @@ Writes benchmarks/results/serve.json and prints a markdown table.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --requests 48
     python benchmarks/bench_serve.py --model tiny-adallava-h --concurrency 1,4,16 --requests 96
+    python benchmarks/bench_serve.py --random-width 1024 --random-layers 16 --requests 32
+
+`--random-width` swaps the model's text stack for a random, wider Llama (same tokenizer, processor and
+vision tower; fresh scheduler): its answers are noise, but its layers cost enough for skipped ones to
+show in the latencies, which the bundled tiny models' HTTP and Python overhead hides.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from pathlib import Path
 
 import httpx
 import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
 from adallava.eval.runner import load_model  # noqa: E402
+from adallava.hub import resolve_model  # noqa: E402
 from adallava.serve import Settings, create_app  # noqa: E402
 from adallava.serve.testing import LiveServer  # noqa: E402
 from common import machine, write_json  # noqa: E402
@@ -39,6 +47,18 @@ def chat_body(question: str, budget: float, max_tokens: int) -> dict:
     image = "data:image/png;base64," + base64.b64encode(SCENE.read_bytes()).decode()
     content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": question}]
     return {"messages": [{"role": "user", "content": content}], "budget": budget, "max_tokens": max_tokens}
+
+
+def random_wide_model(name: str, width: int, layers: int):
+    """`name`'s processor with a random-weight text stack `layers` x `width` (heads of 64, FFN 2.75x)."""
+    _, processor, _ = load_model(name)
+    config = LlavaConfig.from_pretrained(resolve_model(name))
+    text = config.text_config
+    text.num_hidden_layers, text.hidden_size, text.intermediate_size = layers, width, int(width * 2.75)
+    text.num_attention_heads = text.num_key_value_heads = max(1, width // 64)
+    torch.manual_seed(0)
+    base = LlavaForConditionalGeneration(config).eval()
+    return AdaLlava.from_base(base, AdaptiveConfig()).eval(), processor
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,12 +122,18 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--random-width", type=int, default=0, help="a random text stack this wide (0: off)")
+    parser.add_argument("--random-layers", type=int, default=16, help="its decoder layers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    model, processor, adaptive = load_model(args.model)
+    if args.random_width:
+        model, processor = random_wide_model(args.model, args.random_width, args.random_layers)
+        adaptive = True
+    else:
+        model, processor, adaptive = load_model(args.model)
     if not adaptive:
         raise SystemExit(f"--model {args.model!r} is not adaptive: budgets cannot be mixed")
     settings = Settings(
@@ -125,7 +151,9 @@ def main() -> None:
     payload = {"benchmark": "serve", "args": vars(args) | {"out": None}, "machine": machine(), "rows": rows}
     path = write_json("serve", payload, args.out)
 
-    print(f"adallava serve, {args.model}, {args.requests} requests per row, max_tokens {args.max_tokens}, "
+    shape = f" (random text stack {args.random_layers}x{args.random_width})" if args.random_width else ""
+    print(f"adallava serve, {args.model}{shape}, {args.requests} requests per row, "
+          f"max_tokens {args.max_tokens}, "
           f"max batch {args.max_batch_size}, wait {args.batch_wait_ms:g} ms, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print()
