@@ -128,7 +128,7 @@ def test_results_do_not_depend_on_the_batch_size(runs):
             k: v for k, v in other.items() if k not in varying
         }
     files = [path for path in (runs[1] / "predictions").rglob("*") if path.is_file()]
-    assert len(files) == 6 * 4 * 2 + 4 * 2  # predictions + details per run; MME: a file per subtask (3), not 1
+    assert len(files) == 6 * 4 * 2 + 4 * 2  # predictions + details per run; MME: one per subtask
     for path in files:
         assert path.read_bytes() == (runs[8] / path.relative_to(runs[1])).read_bytes(), path
 
