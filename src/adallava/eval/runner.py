@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from adallava.eval import metrics, readers
 from adallava.eval.answer_processing import evalai_normalize
-from adallava.eval.args import BENCHMARKS, METHODS, EvalArgs
+from adallava.eval.args import BENCHMARKS, METHODS, READERS, EvalArgs
 from adallava.eval.methods import (
     Adaptive,
     Depth,
@@ -46,14 +46,6 @@ from adallava.eval.readers.mmbench import mmbench_rotations
 from adallava.eval.records import MMBenchSample, Sample
 from adallava.hub import resolve_model
 
-READERS = {
-    "vqav2": "read_vqav2",
-    "pope": "read_pope",
-    "mme": "read_mme",
-    "textvqa": "read_textvqa",
-    "scienceqa": "read_scienceqa",
-    "mmbench": "read_mmbench",
-}
 DEFAULT_MAX_NEW_TOKENS = 128  # LLaVA-1.5's model_vqa*.py default
 IMAGE_TOKEN = "<image>"
 RESULTS_JSON, RESULTS_CSV, STATIC_PLANS = "results.json", "results.csv", "static_plans.json"

@@ -48,19 +48,11 @@ from adallava.data.world.scene import (
     scene_from_json,
     stream,
 )
+from adallava.eval.args import BENCHMARKS, READERS
 
 WORLD_FORMAT = "adallava-world"
 VERSION = 1
 MANIFEST = "manifest.json"
-BENCHMARKS = ("vqav2", "pope", "mme", "textvqa", "scienceqa", "mmbench")
-READERS = {
-    "vqav2": "read_vqav2",
-    "pope": "read_pope",
-    "mme": "read_mme",
-    "textvqa": "read_textvqa",
-    "scienceqa": "read_scienceqa",
-    "mmbench": "read_mmbench",
-}
 STATS_SCENES = 2000  # reference scenes for the POPE statistics of the training split
 MAX_TRIES = 500
 
