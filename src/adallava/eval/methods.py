@@ -204,13 +204,9 @@ class EarlyExit:
         return {"plan": ExecutionPlan.early_exit(len(keys), self.depth.num_layers, layers)}
 
 
-@dataclass(frozen=True)
-class RandomPlans:
-    """The prefix plus a per-question random choice of the upper layers the budget buys."""
-
-    depth: Depth
-    seed: int = 0
-    name: str = "random"
+class _ChoosesUpperLayers:
+    """Methods that pick the upper layers a budget buys themselves: every budget must cover the
+    always-run prefix (`upper_layers_for` raises otherwise), and each is run as given."""
 
     def check(self, depth: Depth, budgets: Sequence[float], adaptive: bool) -> None:
         for budget in budgets:
@@ -218,6 +214,15 @@ class RandomPlans:
 
     def budgets(self, budgets: Sequence[float]) -> tuple[float, ...]:
         return tuple(budgets)
+
+
+@dataclass(frozen=True)
+class RandomPlans(_ChoosesUpperLayers):
+    """The prefix plus a per-question random choice of the upper layers the budget buys."""
+
+    depth: Depth
+    seed: int = 0
+    name: str = "random"
 
     def kwargs(self, benchmark: str, keys: Sequence[str], budget: float) -> dict:
         k = upper_layers_for(self.depth, budget)
@@ -232,19 +237,12 @@ class RandomPlans:
 
 
 @dataclass(frozen=True)
-class StaticPlans:
+class StaticPlans(_ChoosesUpperLayers):
     """One fixed plan per (benchmark, budget), chosen on validation data (`search_static`)."""
 
     depth: Depth
     choices: Mapping[str, Mapping[int, StaticChoice]] = field(default_factory=dict)
     name: str = "static"
-
-    def check(self, depth: Depth, budgets: Sequence[float], adaptive: bool) -> None:
-        for budget in budgets:
-            upper_layers_for(depth, budget)
-
-    def budgets(self, budgets: Sequence[float]) -> tuple[float, ...]:
-        return tuple(budgets)
 
     def kwargs(self, benchmark: str, keys: Sequence[str], budget: float) -> dict:
         k = upper_layers_for(self.depth, budget)
