@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import statistics
 import sys
 import time
@@ -34,19 +33,11 @@ from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
 from adallava.eval.runner import load_model  # noqa: E402
 from adallava.hub import resolve_model  # noqa: E402
 from adallava.serve import Settings, create_app  # noqa: E402
-from adallava.serve.testing import LiveServer  # noqa: E402
+from adallava.serve.testing import QUESTIONS, LiveServer, chat_body, data_url  # noqa: E402
 from common import machine, write_json  # noqa: E402
 
 MIXES = {"mixed": [0.5, 0.6, 0.75, 0.85, 1.0], "full": [1.0]}
 SCENE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
-QUESTIONS = ["what color is the circle ?", "how many shapes are there ?", "what shape is red ?",
-             "is there a square ?", "what color is the square ?", "what is at the top left ?"]  # fmt: skip
-
-
-def chat_body(question: str, budget: float, max_tokens: int) -> dict:
-    image = "data:image/png;base64," + base64.b64encode(SCENE.read_bytes()).decode()
-    content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": question}]
-    return {"messages": [{"role": "user", "content": content}], "budget": budget, "max_tokens": max_tokens}
 
 
 def random_wide_model(name: str, width: int, layers: int):
@@ -70,8 +61,9 @@ def percentile(values: list[float], q: float) -> float:
 async def load(url: str, concurrency: int, requests: int, budgets: list, max_tokens: int) -> dict:
     """`requests` requests from `concurrency` clients (coroutines on one thread, so the clients take
     little CPU from the server); request i asks QUESTIONS[i] under budgets[i]."""
+    image = data_url(SCENE)
     bodies = [
-        chat_body(QUESTIONS[i % len(QUESTIONS)], budgets[i % len(budgets)], max_tokens)
+        chat_body(QUESTIONS[i % len(QUESTIONS)], image, budgets[i % len(budgets)], max_tokens=max_tokens)
         for i in range(requests)
     ]
     latencies, batch_sizes, flops_ratio, failures = [], [], [], 0

@@ -3,8 +3,6 @@ and a gate that holds the model's worker so that queueing, batching and timeouts
 
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from contextlib import contextmanager
@@ -14,39 +12,21 @@ from PIL import Image
 
 from adallava.eval.runner import load_model
 from adallava.serve import Settings, create_app
-from adallava.serve.testing import LiveServer
+from adallava.serve.testing import QUESTIONS, LiveServer
+from adallava.serve.testing import chat_body as request_body
+from adallava.serve.testing import data_url as image_data_url
 
 SCENE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
-QUESTIONS = [
-    "what color is the circle ?",
-    "how many shapes are there ?",
-    "what shape is red ?",
-    "is there a square ?",
-    "what color is the square ?",
-    "what is at the top left ?",
-]
 
 
 def data_url(image: Image.Image | Path = SCENE, fmt: str = "PNG") -> str:
-    if isinstance(image, Path):
-        data = image.read_bytes()
-    else:
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt)
-        data = buffer.getvalue()
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(data).decode()
+    return image_data_url(image, fmt)
 
 
 def chat_body(question: str = QUESTIONS[0], budget=None, image: str | None = None, **extra) -> dict:
-    """A chat request about the scene (or `image`, a data URL) with an optional budget."""
-    content = [
-        {"type": "image_url", "image_url": {"url": image or data_url()}},
-        {"type": "text", "text": question},
-    ]
-    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 6, **extra}
-    if budget is not None:
-        body["budget"] = budget
-    return body
+    """A chat request about the scene (or `image`, a data URL) with an optional budget; 6 new tokens
+    unless `extra` says otherwise."""
+    return request_body(question, image or data_url(), budget, **{"max_tokens": 6, **extra})
 
 
 @contextmanager

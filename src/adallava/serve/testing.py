@@ -1,16 +1,52 @@
-"""A live server on a free loopback port in a background thread, for tests, examples and benchmarks.
+"""A live server on a free loopback port in a background thread, for tests, examples and benchmarks,
+and the chat request bodies they send it.
 
 with LiveServer(create_app(model, processor, Settings())) as server:
-    httpx.get(server.url + "/health")
+    httpx.post(server.url + "/v1/chat/completions", json=chat_body(QUESTIONS[0], data_url(image)))
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
+from PIL import Image
+
+# Questions about the repository's examples/scene.png, in the world's words.
+QUESTIONS = [
+    "what color is the circle ?",
+    "how many shapes are there ?",
+    "what shape is red ?",
+    "is there a square ?",
+    "what color is the square ?",
+    "what is at the top left ?",
+]
+
+
+def data_url(image: Image.Image | Path, fmt: str = "PNG") -> str:
+    """An image as a data URL: a file's bytes as they are, or a PIL image saved as `fmt`."""
+    if isinstance(image, Path):
+        data = image.read_bytes()
+    else:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        data = buffer.getvalue()
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(data).decode()
+
+
+def chat_body(question: str, image_url: str, budget=None, **fields) -> dict:
+    """A one-turn chat request (an image, then the question) with an optional budget; `fields` are
+    other request fields (max_tokens, stream, ...)."""
+    content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": question}]
+    body = {"messages": [{"role": "user", "content": content}], **fields}
+    if budget is not None:
+        body["budget"] = budget
+    return body
 
 
 class LiveServer:
