@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
+from adallava import AdaLlava, AdaptiveConfig, hf_compat  # noqa: E402
 from adallava.testing import tiny_inputs  # noqa: E402
 from bench_prefill import add_shape_arguments, build  # noqa: E402
 from common import machine, time_interleaved, write_json  # noqa: E402
@@ -61,13 +61,13 @@ def main() -> None:
         """`steps` decoding steps after a prefill (the prefill is not what this times)."""
         with torch.no_grad():
             out = model(**inputs, use_cache=True, logits_to_keep=1, **kw)
-            cache = out.past_key_values
+            cache = hf_compat.output_cache(out)
             mask = torch.ones(1, cache.get_seq_length(), dtype=torch.long)
             token = out.logits[:, -1:].argmax(-1)
             start = time.perf_counter()
             for _ in range(steps):
                 mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
-                step = model(input_ids=token, attention_mask=mask, past_key_values=cache, plan=out.plan,
+                step = model(input_ids=token, attention_mask=mask, cache=cache, plan=out.plan,
                              logits_to_keep=1)  # fmt: skip
                 token = step.logits[:, -1:].argmax(-1)
             return (time.perf_counter() - start) * 1e3 / steps

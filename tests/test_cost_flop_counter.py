@@ -21,6 +21,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from adallava import hf_compat
 from adallava.cost import ModelShape, decode_step_cost, layer_flops, prefill_cost
 from adallava.testing import tiny_inputs, tiny_llava_config
 
@@ -124,9 +125,8 @@ def test_decode_step_with_kv_cache_matches(model, plan):
     past = 19
     with torch.no_grad():
         out = lm(inputs_embeds=torch.randn(1, past, shape.text.hidden_size), use_cache=True)
-    counted, _, _ = _count(
-        lm, inputs_embeds=torch.randn(1, 1, shape.text.hidden_size), past_key_values=out.past_key_values
-    )
+    step = torch.randn(1, 1, shape.text.hidden_size)
+    counted, _, _ = _count(lm, inputs_embeds=step, **hf_compat.cache_kwargs(hf_compat.output_cache(out)))
     cost = decode_step_cost(shape, context=past + 1, layers=plan)
     assert cost.llm == pytest.approx(counted, rel=0.01)
     assert cost.vision == 0

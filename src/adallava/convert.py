@@ -38,12 +38,10 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaImageProcessor,
-    LlavaImageProcessorPil,
     LlavaProcessor,
 )
-from transformers.utils import is_torchvision_available
 
+from adallava import hf_compat
 from adallava.config import TOKEN_SELECTIONS, AdaptiveConfig
 from adallava.model import ADAPTIVE_CONFIG_FILE, AdaLlava
 
@@ -494,8 +492,7 @@ def build_image_processor(vision_dir: Path, vision_config: CLIPVisionConfig, pad
         settings = json.loads(path.read_text())
         for key in ("image_processor_type", "feature_extractor_type", "processor_class", "do_pad"):
             settings.pop(key, None)
-    backend = LlavaImageProcessor if is_torchvision_available() else LlavaImageProcessorPil  # same options
-    return backend(**settings, do_pad=pad_to_square)
+    return hf_compat.llava_image_processor_class()(**settings, do_pad=pad_to_square)
 
 
 # ---- drivers ------------------------------------------------------------------------------------

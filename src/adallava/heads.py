@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adallava import hf_compat
+
 
 def mlp_group_sizes(intermediate_size: int, groups: int) -> list[int]:
     """Neurons per MLP group: `groups` contiguous slices, the first I % G one neuron larger."""
@@ -155,13 +157,13 @@ class SlicedLayer(nn.Module):
     def forward(self, hidden, attention_mask=None, position_embeddings=None, position_ids=None,
                 past_key_values=None, use_cache=False, cache_index: int | None = None):  # fmt: skip
         if self.self_attn is not None:
-            self.self_attn.layer_idx = cache_index  # the KV cache slot of this (layer, plan) group
+            hf_compat.set_cache_slot(self.self_attn, cache_index)  # this (layer, plan) group's KV slot
             attn_out, _ = self.self_attn(
                 self.input_layernorm(hidden),
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values if use_cache else None,
                 position_ids=position_ids,
+                **hf_compat.cache_kwargs(past_key_values if use_cache else None),
             )
             hidden = hidden + attn_out
         if self.mlp is not None:

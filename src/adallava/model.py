@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import GenerationMixin, LlavaConfig, LlavaForConditionalGeneration, PreTrainedModel
-from transformers.cache_utils import DynamicCache
-from transformers.generation.utils import GenerateDecoderOnlyOutput
-from transformers.utils import ModelOutput
+from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+from adallava import hf_compat
 from adallava.budget import budget_fractions, min_fraction, upper_units_for_fraction
 from adallava.config import AdaptiveConfig
 from adallava.cost import ModelShape
@@ -51,8 +49,8 @@ ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
 
 
-@dataclass
-class AdaLlavaOutput(ModelOutput):
+@hf_compat.cache_output
+class AdaLlavaOutput(hf_compat.ModelOutputBase):
     """Output of `AdaLlava.forward`.
 
     logits: [B, T', vocab] (T' = T + 1 when a latency token was inserted); loss: scalar NLL over answer
@@ -61,13 +59,15 @@ class AdaLlavaOutput(ModelOutput):
     scheduler_logits: float32 [B, switches]; cost / full_cost: `BatchCost`, per-row FLOPs of what
     ran (`.vision`, `.llm`, `.lm_head`, `.total`: float64 [B]) and of the full plan on the same
     tokens. A prefill is priced as a prefill; a call with a KV cache as decoding steps.
+    cache: the KV cache, under the name the installed transformers uses (`cache` from 5.24,
+    `past_key_values` before; `hf_compat.output_cache(out)` reads either).
     attention_mask / position_ids: the layout the prefill actually ran when it differs from the input
     (a latency token inserted, or visual tokens selected); later steps must continue from it.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: object | None = None
+    cache: object | None = None
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
     latency_positions: torch.Tensor | None = None
@@ -79,7 +79,7 @@ class AdaLlavaOutput(ModelOutput):
 
 
 @dataclass
-class AdaGenerateOutput(GenerateDecoderOnlyOutput):
+class AdaGenerateOutput(hf_compat.GenerateOutput):
     """`generate(..., return_dict_in_generate=True)` output with each row's plan and costs:
     `prefill_cost` / `full_prefill_cost` (what the prefill ran, and would with every layer) and
     `decode_cost` (the row's decoding steps up to and including its end-of-sequence token).
@@ -94,13 +94,10 @@ class AdaGenerateOutput(GenerateDecoderOnlyOutput):
     prefill_tokens: torch.Tensor | None = None
 
 
-class AdaLlava(PreTrainedModel, GenerationMixin):
+class AdaLlava(hf_compat.GenerativeModel):
     config_class = LlavaConfig
     main_input_name = "input_ids"
     base_model_prefix = "base"
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
 
     def __init__(
         self,
@@ -153,9 +150,6 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             if isinstance(module, torch.nn.Linear):
                 torch.nn.init.normal_(module.weight, std=std)
                 torch.nn.init.zeros_(module.bias)
-
-    def _init_weights(self, module):  # weights come from the base model or a checkpoint, never re-drawn
-        pass
 
     # ---- construction, save, load --------------------------------------------------------------
     @classmethod
@@ -246,12 +240,15 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         sample_plan: bool = False,
         generator: torch.Generator | None = None,
         adallava_sink: dict | None = None,
+        cache=None,
         **kwargs,
     ) -> AdaLlavaOutput:
         """One forward pass. budget: a fraction in [b_min, 1] or an absolute FLOPs cap ("3.5T"), one
         for the batch or one per row; plan: an explicit ExecutionPlan; both None: the base model.
         `sample_plan` draws the plan from the scheduler (seeded by `generator`) instead of taking the
-        most probable one. `adallava_sink` is internal to `generate` (it collects prefill results)."""
+        most probable one. `adallava_sink` is internal to `generate` (it collects prefill results).
+        The KV cache may be given as `cache` or `past_key_values` (transformers' name changed in 5.24)."""
+        past_key_values = hf_compat.resolve_cache(past_key_values, cache)
         if budget is not None and plan is not None:
             raise ValueError("give either a budget (the scheduler picks the plan) or a plan, not both")
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -309,7 +306,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if use_cache is None:
             use_cache = self.text_config.use_cache and not self.training
         if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.text_config)
+            past_key_values = hf_compat.new_cache(self.text_config)
         text_model = self.text_model
         inputs = prepare_layer_inputs(
             text_model, hidden, attention_mask, position_ids, past_key_values, use_cache
@@ -348,8 +345,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         logits = self.base.lm_head(hidden[:, kept])
         loss = None
         if labels is not None:
-            vocab_size = self.text_config.vocab_size
-            loss = self.base.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
+            loss = hf_compat.causal_lm_loss(self.base, logits, labels, self.text_config.vocab_size, **kwargs)
             if latency_loss is not None and gates is not None:  # deterministic scheduler, training
                 loss = loss + self.adaptive.latency_loss_weight * latency_loss
         cost = full_cost = None
@@ -371,7 +367,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         return AdaLlavaOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
+            **hf_compat.cache_kwargs(past_key_values if use_cache else None),
             plan=plan,
             budget=fractions,
             latency_positions=lat_positions,
@@ -393,7 +389,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **hf_compat.cache_kwargs(past_key_values),
             inputs_embeds=inputs_embeds,
             labels=labels,
             use_cache=use_cache,
@@ -411,7 +407,11 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             self._record(sink, cost=cost, full_cost=cost, plan=None, budget=None,
                          prefill_tokens=attention_mask.sum(-1).cpu())  # fmt: skip
         return AdaLlavaOutput(
-            loss=out.loss, logits=out.logits, past_key_values=out.past_key_values, cost=cost, full_cost=cost
+            loss=out.loss,
+            logits=out.logits,
+            **hf_compat.cache_kwargs(hf_compat.output_cache(out)),
+            cost=cost,
+            full_cost=cost,
         )
 
     def _price(
@@ -526,13 +526,9 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = llava_model.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            features = llava_model.get_image_features(
-                pixel_values=pixel_values, return_dict=True
-            ).pooler_output
-            features = torch.cat(list(features), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-            slots = llava_model.get_placeholder_mask(
-                input_ids, inputs_embeds=inputs_embeds, image_features=features
-            )
+            features = hf_compat.image_features(llava_model, pixel_values)
+            features = features.to(inputs_embeds.device, inputs_embeds.dtype)  # [images * tokens, D]
+            slots = hf_compat.image_slots(llava_model, input_ids, inputs_embeds, features)
             inputs_embeds = inputs_embeds.masked_scatter(slots, features)
         return inputs_embeds
 
@@ -644,9 +640,7 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
             torch.full_like(new_tokens[:, 0], new_tokens.shape[1]),
         )
 
-    def _update_model_kwargs_for_generation(
-        self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1
-    ):
+    def continue_generation(self, outputs, model_kwargs: dict) -> None:
         """After the prefill: freeze its plan for the remaining steps, and continue from the layout
         it ran (latency token inserted, visual tokens selected) rather than the prompt as given."""
         if getattr(outputs, "attention_mask", None) is not None:
@@ -655,9 +649,6 @@ class AdaLlava(PreTrainedModel, GenerationMixin):
         if getattr(outputs, "plan", None) is not None and model_kwargs.get("plan") is None:
             model_kwargs["budget"] = None
             model_kwargs["plan"] = outputs.plan
-        return super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
-        )
 
 
 def _to_left_padding(

@@ -5,17 +5,17 @@ Everything row-indexed (hidden states, masks, rotary tables, position ids) is sl
 and the layer's KV cache then holds only their entries: the plan is fixed after prefill, so the same
 rows, in the same order, reach that layer at every decoding step, and no row reads a cache it did not
 write. Works for every family whose decoder layers take (hidden, attention_mask, position_embeddings,
-position_ids, past_key_values, use_cache) -- Llama, Qwen2, Mistral in transformers 5.
+position_ids, the KV cache, use_cache) -- Llama, Qwen2, Mistral in transformers 5.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.masking_utils import create_masks_for_generate
+
+from adallava import hf_compat
 
 
 @dataclass
@@ -45,13 +45,7 @@ def prepare_layer_inputs(
 ) -> LayerInputs:
     """Masks and rotary tables as the HF text model builds them (one per attention type)."""
     config = text_model.config
-    masks = create_masks_for_generate(
-        config=config,
-        inputs_embeds=hidden,
-        attention_mask=attention_mask,
-        past_key_values=past_key_values,
-        position_ids=position_ids,
-    )
+    masks = hf_compat.causal_masks(config, hidden, attention_mask, past_key_values, position_ids)
     position_embeddings = text_model.rotary_emb(hidden, position_ids=position_ids)
     return LayerInputs(
         masks=masks,
@@ -92,8 +86,8 @@ def call_layer(
         attention_mask=mask,
         position_embeddings=(cos, sin),
         position_ids=position_ids,
-        past_key_values=inputs.past_key_values,
         use_cache=inputs.use_cache,
+        **hf_compat.cache_kwargs(inputs.past_key_values),
     )
 
 
@@ -137,8 +131,7 @@ class CacheSlots:
         if self.cache is not None:
             # A fresh slot of the same kind as the layer's own (e.g. a sliding window). The layer's own
             # slot is never written under head switches, so a copy of it is empty.
-            while len(self.cache.layers) <= index:
-                self.cache.layers.append(copy.deepcopy(self.cache.layers[like_layer]))
+            hf_compat.add_cache_slot(self.cache, index, like_layer)
         return index
 
 

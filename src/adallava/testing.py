@@ -16,6 +16,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from adallava import hf_compat
+
 TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
 IMAGE_TOKEN_ID = 3
 PAD_TOKEN_ID = 0
@@ -72,9 +74,7 @@ def tiny_llava_config(
         image_seq_length=(image_size // patch_size) ** 2,
         tie_word_embeddings=False,
     )
-    config._attn_implementation = attn_implementation
-    for sub in (config.text_config, config.vision_config):
-        sub._attn_implementation = attn_implementation
+    hf_compat.set_attention_implementation(config, attn_implementation)
     return config
 
 
@@ -93,7 +93,8 @@ def tiny_causal_lm(text_model: str = "llama", seed: int = 0, **config_kwargs):
 
     config = tiny_llava_config(text_model=text_model, **config_kwargs).text_config
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=config._attn_implementation).eval()
+    implementation = hf_compat.attention_implementation(config)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=implementation).eval()
 
 
 def tiny_inputs(

@@ -31,6 +31,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from adallava import hf_compat
 from adallava.latency import insert_at
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
@@ -369,7 +370,7 @@ def latency_token_attention(model, inputs: Mapping[str, torch.Tensor], budget, l
     if not 0 <= layer < prefix:
         raise ValueError(f"layer must be a prefix layer in [0, {prefix - 1}], got {layer}")
     attention = model.text_model.layers[layer].self_attn
-    implementation = attention.config._attn_implementation
+    implementation = hf_compat.attention_implementation(attention.config)
     if implementation != "eager":
         raise ValueError(
             f"the model's text attention is {implementation!r}, which returns no attention weights; load it "
@@ -379,7 +380,7 @@ def latency_token_attention(model, inputs: Mapping[str, torch.Tensor], budget, l
     captured: list[torch.Tensor] = []
 
     def hook(module, args, output):  # eager attention returns (attn_output, attn_weights [B, H, T, T])
-        captured.append(output[1].detach())
+        captured.append(hf_compat.attention_weights(output).detach())
 
     handle = attention.register_forward_hook(hook)
     try:

@@ -33,15 +33,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from adallava import hf_compat
 from adallava.data.world.questions import MME_SUFFIX
 from adallava.data.world.vocabulary import words as split_words
 from adallava.data.world.vocabulary import world_vocabulary
 from adallava.eval.prompts import LETTER_ANSWER, SHORT_ANSWER
-
-try:  # the PIL backend: no torchvision needed, and no fallback warning
-    from transformers.models.clip import CLIPImageProcessorPil as ClipImageProcessor
-except ImportError:  # pragma: no cover - older transformers 5.x
-    from transformers import CLIPImageProcessor as ClipImageProcessor
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)  # ids 0..4, in this order
@@ -160,7 +156,7 @@ def build_processor(
 ) -> LlavaProcessor:
     """CLIP preprocessing at spec.image_size and a LlavaProcessor with the chat template."""
     size = spec.image_size
-    image_processor = ClipImageProcessor(
+    image_processor = hf_compat.clip_image_processor_class()(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
         do_resize=True,

@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
+from adallava import hf_compat
 from adallava.answering import Answer, Prompt, answer_batch, encode
 from adallava.eval.prompts import conversation_prompt
 from adallava.serve.batcher import TOKEN, Job
@@ -105,7 +104,7 @@ class ServedModel:
             [job.budget for job in jobs],
             [job.max_tokens for job in jobs],
             streamer=fanout,
-            stopping_criteria=StoppingCriteriaList([Abandoned(jobs)]),
+            stopping_criteria=hf_compat.StoppingCriteriaList([Abandoned(jobs)]),
         )
         first = fanout.first_token or time.perf_counter()
         return [
@@ -120,7 +119,7 @@ class ServedModel:
         ]
 
 
-class TokenFanout(BaseStreamer):
+class TokenFanout(hf_compat.BaseStreamer):
     """Receives each step's tokens [B] from `generate`, sends each streaming row its own tokens (up to
     its end-of-sequence token or its max_tokens) and notes when the prefill ended and each row did."""
 
@@ -151,7 +150,7 @@ class TokenFanout(BaseStreamer):
         self.ended = [now if ended is None else ended for ended in self.ended]
 
 
-class Abandoned(StoppingCriteria):
+class Abandoned(hf_compat.StoppingCriteria):
     """Stops the rows whose client gave up, so a batch whose clients all left ends early."""
 
     def __init__(self, jobs: Sequence[Job]):
