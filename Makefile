@@ -4,8 +4,8 @@
 setup:
 	bash scripts/setup.sh
 
-test:
-	python3 -m ruff check . && python3 -m pytest -q
+test:  # the README's test command
+	bash scripts/setup.sh && .venv/bin/python -m ruff check . && .venv/bin/python -m pytest -q
 
 bundled:  # rebuild the three bundled models from scratch (35 min on 2 idle CPU cores)
 	bash scripts/build_bundled.sh

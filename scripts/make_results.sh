@@ -5,6 +5,9 @@
 # Needs the bundled models (bash scripts/build_bundled.sh) and the test world (runs/world-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh  # the virtualenv (.venv); its adallava and python come first on PATH below
+VENV=${ADALLAVA_VENV:-.venv}
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORLD=${WORLD:-runs/world-test}
 BUDGETS=0.5,0.6,0.75,0.85,1.0

@@ -1,11 +1,54 @@
 #!/usr/bin/env bash
-# Installs adallava (editable) with its dev tools into the current Python environment.
-# PyTorch is installed first, pinned, unless one is already importable, so pip never pulls the
-# multi-GB CUDA build by accident. Override the pin with ADALLAVA_TORCH (e.g. "torch==2.5.1").
+# Sets adallava up in a virtualenv (.venv by default): PyTorch's CPU build first, pinned, so pip never
+# pulls the multi-GB CUDA build; then adallava (editable) with its dev tools, at the exact versions of
+# requirements/lock.txt (the tested set). Works where the system Python refuses `pip install`
+# (PEP 668): nothing is installed outside the virtualenv. Running it again is a no-op unless
+# pyproject.toml, the lock or the settings below changed.
+#
+#   ADALLAVA_UNPINNED=1   the newest versions pyproject.toml allows instead of the lock (torch stays pinned)
+#   ADALLAVA_TORCH=SPEC   the torch requirement (default: torch==2.13.0, the CPU build)
+#   ADALLAVA_VENV=DIR     where the virtualenv goes (default: .venv in the repository)
+#   PYTHON=EXE            the Python that creates the virtualenv (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c "import torch" 2>/dev/null; then
-  "$PYTHON" -m pip install -q "${ADALLAVA_TORCH:-torch==2.13.0}"
+VENV=${ADALLAVA_VENV:-.venv}
+TORCH=${ADALLAVA_TORCH:-torch==2.13.0}
+UNPINNED=${ADALLAVA_UNPINNED:-0}
+LOCK=requirements/lock.txt
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "${PYTHON:-python3}" -m venv "$VENV" 2>/tmp/adallava-venv.err; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then  # Debian's python3 lacks ensurepip
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      rm -rf "$VENV" && "${PYTHON:-python3}" -m venv "$VENV"
+    else
+      cat /tmp/adallava-venv.err >&2
+      echo "setup: cannot create a virtualenv with ${PYTHON:-python3}; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2
+      exit 1
+    fi
+  fi
 fi
-"$PYTHON" -m pip install -q -e ".[dev]"
+PY="$VENV/bin/python"
+
+# What this setup installs; unchanged since the last run -> nothing to do.
+stamp="$({ cat pyproject.toml; cat "$LOCK" 2>/dev/null || true; } | sha256sum | cut -c1-16) unpinned=$UNPINNED torch=$TORCH"
+if [ -f "$VENV/.adallava-setup" ] && [ "$(cat "$VENV/.adallava-setup")" = "$stamp" ]; then
+  exit 0
+fi
+
+# Constraints for this install: the lock (with ADALLAVA_TORCH's torch instead of the locked one),
+# or, unpinned, only torch, so that no dependency can move it to a CUDA build.
+constraints="$VENV/adallava-constraints.txt"
+if [ "$UNPINNED" = 1 ]; then
+  echo "$TORCH" >"$constraints"
+elif [ -f "$LOCK" ]; then
+  { grep -v '^torch==' "$LOCK"; echo "$TORCH"; } >"$constraints"
+else
+  echo "setup: $LOCK is missing (scripts/lock.sh makes it; ADALLAVA_UNPINNED=1 installs without it)" >&2
+  exit 1
+fi
+echo "setup: installing into $VENV ($([ "$UNPINNED" = 1 ] && echo "newest allowed versions" || echo "locked versions, $LOCK"); $TORCH)" >&2
+"$PY" -m pip install -q --disable-pip-version-check -c "$constraints" "$TORCH"
+"$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[dev]"
+echo "$stamp" >"$VENV/.adallava-setup"
+"$VENV/bin/adallava" --version >&2

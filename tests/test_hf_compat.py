@@ -43,7 +43,7 @@ def test_ada_llava_output_round_trips_its_cache_through_hf_generate_bookkeeping(
     cache = hf_compat.new_cache(model.text_config)
     out = AdaLlavaOutput(logits=torch.zeros(1, 1, 4), **hf_compat.cache_kwargs(cache))
     assert hf_compat.output_cache(out) is cache
-    assert hf_compat.CACHE_NAME in out.keys()
+    assert hf_compat.CACHE_NAME in list(out)  # the real key, not a renamed lookup
     kwargs = GenerationMixin._update_model_kwargs_for_generation(
         model, out, {"attention_mask": torch.ones(1, 3, dtype=torch.long)}
     )  # HF's own update, not ours: it must find the cache where we put it

@@ -23,6 +23,7 @@ COMMANDS = [
     "init",
     "plot",
     "report",
+    "env",
 ]
 
 
@@ -30,10 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adallava", description="Latency-adaptive multimodal LLMs (AdaLLaVA) on Hugging Face Llava."
     )
+    parser.add_argument(
+        "--version", action="version", version=_version_line(), help="print adallava's version and exit"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"adallava.commands.{name}").add_parser(subparsers)
     return parser
+
+
+def _version_line() -> str:
+    """adallava and its main dependencies' versions, without importing them (fast)."""
+    from adallava.commands.env import version_of
+
+    names = ("adallava", "torch", "transformers", "accelerate")
+    return ", ".join(f"{name} {version_of(name)}" for name in names)
 
 
 def _quiet_transformers() -> None:
