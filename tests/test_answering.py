@@ -7,6 +7,8 @@ from adallava.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
 from adallava.eval.prompts import chat_prompt, conversation_prompt
 from adallava.hub import load_model
 
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
+
 
 @pytest.fixture(scope="module")
 def bundled():

@@ -9,6 +9,8 @@ from adallava.testing import tiny_inputs, tiny_llava
 from tests.helpers import assert_generates_as_one_at_a_time
 from tests.test_model import hf_with_layers
 
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
+
 N = 6
 CASES = [
     ("llama", "sdpa", {}),

@@ -8,9 +8,12 @@ from adallava.data.world.generate import generate_world, load_heldout
 from adallava.hub import bundled_models, load_model
 
 NAMES = ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"]
-pytestmark = pytest.mark.skipif(
-    not all(info.available for info in bundled_models()), reason="bundled models not built (make bundled)"
-)
+pytestmark = [
+    pytest.mark.core,
+    pytest.mark.skipif(
+        not all(info.available for info in bundled_models()), reason="bundled models not built (make bundled)"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from adallava.latency import (
@@ -8,6 +9,8 @@ from adallava.latency import (
     latency_features,
     latency_positions,
 )
+
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
 
 
 def test_positions_follow_the_prompt_for_both_padding_sides():

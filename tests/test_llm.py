@@ -11,6 +11,8 @@ from adallava import AdaLLM, AdaptiveConfig, ExecutionPlan
 from adallava.testing import tiny_causal_lm, tiny_inputs, tiny_llava
 from tests.helpers import assert_generates_as_one_at_a_time
 
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
+
 N = 6
 
 

@@ -12,6 +12,8 @@ from adallava.latency import IGNORE_INDEX
 from adallava.testing import IMAGE_TOKEN_ID, tiny_inputs
 from tests.helpers import assert_generates_as_one_at_a_time
 
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
+
 N = 8  # layers of the tiny model
 P = 4
 
