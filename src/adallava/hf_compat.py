@@ -6,7 +6,10 @@ classes we subclass, the cache slot of an attention module. Each item says which
 behaviour it relies on and the releases it was checked against. The rest of the package imports only
 public transformers API and this module, so a new release should need changes here and nowhere else.
 
-Releases checked: 5.10.0, 5.23.0, 5.24.0, 5.25.0 (`tests/test_hf_compat.py` pins the behaviour).
+Releases checked: 5.15.0 (the oldest allowed), 5.23.0, 5.24.0, 5.25.0; `tests/test_hf_compat.py`
+pins the behaviour relied on.
+Why not older: before 5.15 `generate` hands `pixel_values` to every decoding step (HF Llava then
+fails its image-token check), and before 5.6 the masking utilities need `cache_position`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ __all__ = [
 
 # ---- the name of the KV cache ------------------------------------------------------------------
 # 5.24 renamed the KV cache from `past_key_values` to `cache` in every forward signature, in the
-# masking utilities, in generate's model kwargs and in the output dataclasses (5.0-5.23:
+# masking utilities, in generate's model kwargs and in the output dataclasses (5.15-5.23:
 # `past_key_values`; 5.24-5.25: `cache`, the old keyword deprecated until 5.40). Read off the output
 # class that every causal LM returns, so the keyword and the field always agree.
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -88,7 +91,7 @@ def cache_output(cls: type) -> type:
 
 
 # Output classes we subclass (`ModelOutput` semantics: dict and attribute access, None fields left
-# out; `GenerateDecoderOnlyOutput`: what `generate(return_dict_in_generate=True)` returns). 5.0-5.25.
+# out; `GenerateDecoderOnlyOutput`: what `generate(return_dict_in_generate=True)` returns). 5.15-5.25.
 ModelOutputBase = ModelOutput
 GenerateOutput = GenerateDecoderOnlyOutput
 
@@ -96,14 +99,14 @@ GenerateOutput = GenerateDecoderOnlyOutput
 # ---- cache internals ----------------------------------------------------------------------------
 def new_cache(config) -> DynamicCache:
     """An empty dynamic KV cache whose layers follow `config` (sliding-window layers where the
-    config has them). `DynamicCache(config=...)`: 5.0-5.25."""
+    config has them). `DynamicCache(config=...)`: 5.15-5.25."""
     return DynamicCache(config=config)
 
 
 def add_cache_slot(cache: DynamicCache, index: int, like_layer: int) -> None:
     """Make sure `cache` has a slot `index`, new slots being empty copies of `like_layer`'s kind.
     Relies on `DynamicCache.layers` (a list of per-layer caches, filled lazily on first update) and
-    on `cache.update(k, v, layer_idx)` using that list's index: 5.0-5.25. The copied layer must still
+    on `cache.update(k, v, layer_idx)` using that list's index: 5.15-5.25. The copied layer must still
     be empty (we never write a head-switched layer's own slot)."""
     while len(cache.layers) <= index:
         cache.layers.append(copy.deepcopy(cache.layers[like_layer]))
@@ -111,14 +114,14 @@ def add_cache_slot(cache: DynamicCache, index: int, like_layer: int) -> None:
 
 def set_cache_slot(attention: torch.nn.Module, index: int | None) -> None:
     """Point an HF attention module at another KV-cache slot: the modules write and read their
-    cache through `cache.update(..., self.layer_idx)` (Llama, Qwen2, Mistral; 5.0-5.25)."""
+    cache through `cache.update(..., self.layer_idx)` (Llama, Qwen2, Mistral; 5.15-5.25)."""
     attention.layer_idx = index
 
 
 def causal_masks(config, inputs_embeds, attention_mask, cache, position_ids):
     """The attention masks the HF text model would build for this step: a 4D mask, None (SDPA may
     use its own causal path), or {attention type: mask} for models with several layer types.
-    `transformers.masking_utils.create_masks_for_generate`: 5.0-5.25 (its cache keyword renamed
+    `transformers.masking_utils.create_masks_for_generate`: 5.15-5.25 (its cache keyword renamed
     in 5.24)."""
     return create_masks_for_generate(
         config=config,
@@ -134,7 +137,7 @@ class GenerativeModel(PreTrainedModel, GenerationMixin):
     """Base class of the adaptive models: a `PreTrainedModel` that HF `generate` can drive.
 
     The private class attributes and methods below are what `PreTrainedModel` and `GenerationMixin`
-    read (5.0-5.25): the attention implementations the wrapped layers support, weight
+    read (5.15-5.25): the attention implementations the wrapped layers support, weight
     initialisation (ours never re-draws weights: they come from the base model or a checkpoint), and
     the per-step update of generate's model kwargs, where subclasses get the public hook
     `continue_generation`.
@@ -161,7 +164,7 @@ class GenerativeModel(PreTrainedModel, GenerationMixin):
 
 def causal_lm_loss(model: PreTrainedModel, logits, labels, vocab_size: int, **kwargs) -> torch.Tensor:
     """The model's own causal-LM loss (shifted cross-entropy, -100 ignored, `num_items_in_batch`
-    honoured): `PreTrainedModel.loss_function`, 5.0-5.25."""
+    honoured): `PreTrainedModel.loss_function`, 5.15-5.25."""
     return model.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
 
 
@@ -169,14 +172,14 @@ def causal_lm_loss(model: PreTrainedModel, logits, labels, vocab_size: int, **kw
 def image_features(llava_model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image features [images * tokens, D], as `LlavaModel.forward` computes them:
     `get_image_features(..., return_dict=True).pooler_output` is a list or a tensor of per-image
-    features (5.0-5.25)."""
+    features (5.15-5.25)."""
     features = llava_model.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
     return torch.cat(list(features), dim=0)
 
 
 def image_slots(llava_model, input_ids, inputs_embeds, features) -> torch.Tensor:
     """bool mask of the embedding slots the image features go to (checks the counts match):
-    `LlavaModel.get_placeholder_mask`, 5.0-5.25."""
+    `LlavaModel.get_placeholder_mask`, 5.15-5.25."""
     return llava_model.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=features)
 
 
@@ -212,7 +215,7 @@ def attention_implementation(config) -> str:
 
 def set_attention_implementation(config, implementation: str) -> None:
     """Select the attention kernel on a config (and its sub-configs) before a model is built from
-    it: the private `_attn_implementation` that `PreTrainedModel.__init__` reads, 5.0-5.25."""
+    it: the private `_attn_implementation` that `PreTrainedModel.__init__` reads, 5.15-5.25."""
     for sub in (config, *(getattr(config, name, None) for name in ("text_config", "vision_config"))):
         if sub is not None:
             sub._attn_implementation = implementation
@@ -220,5 +223,5 @@ def set_attention_implementation(config, implementation: str) -> None:
 
 def attention_weights(output) -> torch.Tensor | None:
     """The weights [B, H, T, T] an HF attention module returned with eager attention: its forward
-    returns (attn_output, attn_weights), 5.0-5.25."""
+    returns (attn_output, attn_weights), 5.15-5.25."""
     return output[1]
