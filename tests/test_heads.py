@@ -15,6 +15,8 @@ from adallava.scheduler import official_head_selection
 from adallava.testing import tiny_inputs, tiny_llava
 from tests.helpers import assert_generates_as_one_at_a_time
 
+pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
+
 N, P = 6, 3
 
 
@@ -274,3 +276,92 @@ def test_deterministic_head_scheduler_runs_and_reports(family):
     with torch.no_grad():
         evaluated = model(**inputs, budget=[0.5, 0.9])
     assert evaluated.plan.heads is not None and torch.isfinite(evaluated.logits).all()
+
+
+# ---- the slice cache never outlives the weights it was cut from (issue 13) -----------------------
+def fresh_head_model(seed: int = 7) -> AdaLlava:
+    """A model of its own (the tests below change its weights), on a tiny Llama."""
+    base = tiny_llava(seed=seed, num_layers=N, intermediate_size=100)
+    return AdaLlava.from_base(base, AdaptiveConfig(switches="head", rank=1, mlp_groups=3)).eval()
+
+
+def partial_head_plan(model: AdaLlava, batch: int) -> ExecutionPlan:
+    """Every layer past the first with one head unit and one MLP group off, so each runs sliced."""
+    heads = torch.ones(batch, N, model.geometry.head_units, dtype=torch.bool)
+    mlp = torch.ones(batch, N, model.geometry.mlp_groups, dtype=torch.bool)
+    heads[:, 1:, 0], mlp[:, 1:, 0] = False, False
+    return ExecutionPlan.from_masks(torch.ones(batch, N, dtype=torch.bool), heads, mlp)
+
+
+def masked_logits(model: AdaLlava, inputs: dict, plan: ExecutionPlan) -> torch.Tensor:
+    """The plan run on the full layers with off units zeroed: never touches the slice cache."""
+    model.head_execution = "masked"
+    try:
+        return model(**inputs, plan=plan).logits
+    finally:
+        model.head_execution = "sliced"
+
+
+# Catches: head-plan logits stayed stale after an in-place edit of a layer's weights.
+def test_head_plans_follow_an_in_place_weight_change():
+    model = fresh_head_model()
+    inputs = tiny_inputs(model.config, [5, 8], "left", seed=21)
+    plan, real = partial_head_plan(model, 2), inputs["attention_mask"].bool()
+    with torch.no_grad():
+        before = model(**inputs, plan=plan).logits  # builds and caches the sliced layers
+        layer = model.text_model.layers[2]
+        layer.self_attn.q_proj.weight.add_(0.5)
+        layer.mlp.down_proj.weight.mul_(3)
+        after = model(**inputs, plan=plan).logits
+        expected = masked_logits(model, inputs, plan)
+    assert not torch.allclose(before[real], after[real], atol=1e-3)  # the edit changes the answer
+    torch.testing.assert_close(after[real], expected[real], atol=1e-5, rtol=0)
+
+
+# Catches: head-plan logits stayed stale after load_state_dict with other weights.
+def test_head_plans_follow_load_state_dict():
+    model, other = fresh_head_model(seed=7), fresh_head_model(seed=22)
+    inputs = tiny_inputs(model.config, [5, 8], "left", seed=23)
+    plan, real = partial_head_plan(model, 2), inputs["attention_mask"].bool()
+    with torch.no_grad():
+        before = model(**inputs, plan=plan).logits  # builds and caches the sliced layers
+        model.load_state_dict(other.state_dict())
+        after = model(**inputs, plan=plan).logits
+        expected = other(**inputs, plan=plan).logits  # a fresh model built from those weights
+    assert not torch.allclose(before[real], after[real], atol=1e-3)
+    torch.testing.assert_close(after[real], expected[real], atol=1e-5, rtol=0)
+
+
+# Catches: after model.to(torch.float64) the head-plan forward failed (slices cached in float32).
+def test_head_plans_follow_a_dtype_change():
+    model = fresh_head_model()
+    # Right padding: HF's own tiny Llava gives NaN for left-padded rows in float64 (eager attention).
+    inputs = tiny_inputs(model.config, [5, 8], "right", seed=24)
+    plan, real = partial_head_plan(model, 2), inputs["attention_mask"].bool()
+    with torch.no_grad():
+        model(**inputs, plan=plan)  # builds and caches float32 sliced layers
+        model.to(torch.float64)
+        inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+        sliced = model(**inputs, plan=plan).logits
+        expected = masked_logits(model, inputs, plan)
+    assert sliced.dtype == torch.float64
+    torch.testing.assert_close(sliced[real], expected[real], atol=1e-10, rtol=0)
+
+
+# Catches: slices kept across `.to()`, `train()`/`eval()` or `load_state_dict`; fingerprints alone
+# can miss a dtype round trip whose new weights land at the old address with the old version count.
+def test_moves_modes_and_loads_drop_the_slice_cache():
+    model = fresh_head_model()
+    inputs = tiny_inputs(model.config, [5, 8], "left", seed=25)
+    plan = partial_head_plan(model, 2)
+    changes = {
+        "to": lambda: model.to(torch.float32),
+        "eval": lambda: model.eval(),
+        "load_state_dict": lambda: model.load_state_dict(model.state_dict()),
+    }
+    for name, change in changes.items():
+        with torch.no_grad():
+            model(**inputs, plan=plan)
+        assert len(model.slices) > 0
+        change()
+        assert len(model.slices) == 0, name

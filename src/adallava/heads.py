@@ -6,7 +6,8 @@ An *MLP group* is one of G contiguous slices of the intermediate size (the first
 neuron larger); off removes its rows of gate/up_proj and its columns of down_proj.
 
 Inference builds a `SlicedLayer` per distinct (layer, heads, groups) plan, once, and caches it: the
-weights are sliced once per plan, never per decoded token. The sliced attention and MLP are shallow
+weights are sliced once per plan (and again only after the layer's weights change, see `SliceCache`),
+never per decoded token. The sliced attention and MLP are shallow
 clones of Hugging Face's own modules with smaller Linear layers, so the HF attention code (rotary,
 KV cache, eager/SDPA kernels, GQA) runs unchanged. Training keeps full layers and multiplies each
 unit's output by its (straight-through) switch via forward pre-hooks.
@@ -171,21 +172,55 @@ class SlicedLayer(nn.Module):
         return hidden
 
 
+def weights_fingerprint(layer: nn.Module) -> tuple:
+    """A cheap stamp of a layer's parameters that changes whenever a sliced copy of them would be
+    stale: a new storage (`load_state_dict(assign=True)`, a replaced module, a device move), a new
+    dtype or device, or an in-place write (`copy_`, `add_`, optimizer steps bump `_version`). Read
+    from the live layer, so replaced parameters and modules are seen too."""
+    return tuple((p.data_ptr(), p.dtype, p.device, _version(p)) for p in layer.parameters())
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    # Inference tensors (made under torch.inference_mode) keep no version counter, so an in-place
+    # write to one inside inference mode goes unseen here; a new storage, dtype or device still
+    # changes the fingerprint, and AdaLlava's `_apply` / `load_state_dict` still clear the cache.
+    return None if tensor.is_inference() else tensor._version
+
+
 class SliceCache:
-    """Sliced layers by (layer index, head mask, MLP mask); built on first use, then reused."""
+    """Sliced layers by (layer index, head mask, MLP mask); built on first use, then reused while the
+    layer's weights are unchanged.
+
+    A sliced layer holds *copies* of its layer's projection weights, outside the module tree, so
+    nothing that later changes the source weights reaches them. Two guards keep an entry from
+    outliving the weights it was cut from:
+    - `AdaLlava` clears the cache in `_apply` (dtype and device moves: the copies would keep the
+      old dtype/device), `train()` (the cloned attention keeps the training flag it was built with)
+      and `load_state_dict`;
+    - each entry keeps the `weights_fingerprint` of its layer and is rebuilt when it no longer
+      matches, which also catches changes made any other way (an in-place edit under
+      `torch.no_grad()`, an optimizer step, `load_state_dict` on a submodule).
+    The check walks the layer's few parameters on each lookup; the weights are sliced again only
+    when they changed, never per decoded token.
+    """
 
     def __init__(self, max_entries: int = 256):
         self.max_entries = max_entries
-        self._entries: dict[tuple, SlicedLayer] = {}
+        self._entries: dict[tuple, tuple[tuple, SlicedLayer]] = {}  # key -> (fingerprint, layer)
 
     def get(self, layer_index: int, layer: nn.Module, geometry: UnitGeometry, heads: torch.Tensor,
             mlp: torch.Tensor) -> SlicedLayer:  # fmt: skip
         key = (layer_index, tuple(heads.tolist()), tuple(mlp.tolist()))
-        sliced = self._entries.get(key)
-        if sliced is None:
-            if len(self._entries) >= self.max_entries:
-                self._entries.pop(next(iter(self._entries)))  # oldest first
-            sliced = self._entries[key] = SlicedLayer(layer, geometry, heads, mlp)
+        stamp = weights_fingerprint(layer)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == stamp:
+            return entry[1]
+        # A new plan, or the layer's weights changed since this entry was cut: slice anew.
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.max_entries:
+            self._entries.pop(next(iter(self._entries)))  # oldest first
+        sliced = SlicedLayer(layer, geometry, heads, mlp)
+        self._entries[key] = (stamp, sliced)
         return sliced
 
     def clear(self) -> None:

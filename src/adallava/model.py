@@ -206,6 +206,28 @@ class AdaLlava(hf_compat.GenerativeModel):
         model.scheduler.to(reference.device)
         return model.eval()
 
+    # ---- the head-plan slice cache follows the weights (see heads.SliceCache) -------------------
+    # Sliced layers hold copies of weights, outside the module tree: drop them whenever the module
+    # tree's weights may have been replaced, moved or converted. (In-place edits made any other way
+    # are caught by the fingerprint each cache entry keeps.)
+    def _apply(self, fn, *args, **kwargs):
+        # .to / .cuda / .half ...: new dtype or device. Cleared here, not left to the fingerprints: a
+        # round trip (.half().float()) can put the new weights at the old address (the CUDA caching
+        # allocator reuses freed blocks) with the old version count, indistinguishable from before.
+        result = super()._apply(fn, *args, **kwargs)
+        self.slices.clear()
+        return result
+
+    def train(self, mode: bool = True):
+        result = super().train(mode)  # sliced attention clones keep the flag they were built with
+        self.slices.clear()
+        return result
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        result = super().load_state_dict(state_dict, *args, **kwargs)
+        self.slices.clear()
+        return result
+
     # ---- budgets ------------------------------------------------------------------------------
     @property
     def b_min(self) -> float:
