@@ -3,9 +3,9 @@
 import pytest
 from PIL import Image
 
-from adallava.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
-from adallava.eval.prompts import chat_prompt, conversation_prompt
 from adallava.hub import load_model
+from adallava.inference.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
+from adallava.inference.prompts import chat_prompt, conversation_prompt
 
 pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
 

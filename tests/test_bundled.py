@@ -3,9 +3,9 @@
 import pytest
 from PIL import Image
 
-from adallava.commands.ask import ask
 from adallava.data.world.generate import generate_world, load_heldout
 from adallava.hub import bundled_models, load_model
+from adallava.inference.answering import ask
 
 NAMES = ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"]
 pytestmark = [

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adallava.answering import answer_batch, encode
-from adallava.eval.prompts import chat_prompt
+from adallava.inference.answering import answer_batch, encode
+from adallava.inference.prompts import chat_prompt
 from tests.serving import QUESTIONS, SCENE, chat_body, data_url, live_server, wait_until
 
 LIMITS = {"max_image_bytes": 100_000, "max_image_pixels": 1_000_000, "max_request_bytes": 600_000}

@@ -19,7 +19,6 @@ from adallava.data.world import (
     BENCHMARKS,
     FAMILIES,
     generate_world,
-    load_benchmark,
     load_heldout,
     read_manifest,
     render,
@@ -38,7 +37,8 @@ from adallava.data.world.scene import (
     stream,
 )
 from adallava.eval import readers
-from adallava.eval.prompts import LETTER_ANSWER, SHORT_ANSWER
+from adallava.eval.world import load_benchmark
+from adallava.inference.prompts import LETTER_ANSWER, SHORT_ANSWER
 
 N_TRAIN, N_TEST = 150, 12
 

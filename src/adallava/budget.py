@@ -22,6 +22,15 @@ _SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _FLOPS_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$", re.I)
 
 
+def parse_budget(text: str) -> float | str:
+    """A budget as a user types it: '0.6' -> 0.6 (a fraction); anything else ('2M', '3.5T') is kept
+    as a FLOPs string for `budget_fractions` to check against the request's own cost."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_flops(text: str | float | int) -> float:
     """'3.5T' -> 3.5e12, '800G' -> 8e11, 1e12 -> 1e12. Raises ValueError on anything else."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from adallava.answering import answer_batch, encode
-from adallava.eval.prompts import chat_prompt
+from adallava.budget import parse_budget
 from adallava.hub import BUNDLED, DEFAULT_MODEL, load_model
+from adallava.inference.answering import ask
 
 
 def add_parser(subparsers) -> None:
@@ -43,13 +42,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_budget(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text  # a FLOPs string such as "2M"; the model validates it
-
-
 def open_image(path: Path) -> Image.Image:
     if not path.is_file():
         raise FileNotFoundError(f"--image {str(path)!r}: no such file")
@@ -58,25 +50,6 @@ def open_image(path: Path) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"--image {str(path)!r} is not an image PIL can read ({error})") from None
-
-
-def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
-    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
-    if max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    prompt = encode(processor, chat_prompt(processor, question), [image])
-    start = time.perf_counter()
-    [answer] = answer_batch(model, processor, [prompt], [budget], [max_new_tokens])
-    ms = (time.perf_counter() - start) * 1e3
-    return {
-        "answer": answer.text,
-        "budget": answer.budget,
-        "plan": answer.plan,
-        "flops": answer.prefill_flops,
-        "full_flops": answer.full_prefill_flops,
-        "decode_flops": answer.decode_flops,
-        "ms": ms,
-    }
 
 
 def run(args) -> int:

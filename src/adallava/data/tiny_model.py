@@ -37,7 +37,7 @@ from adallava import hf_compat
 from adallava.data.world.questions import MME_SUFFIX
 from adallava.data.world.vocabulary import words as split_words
 from adallava.data.world.vocabulary import world_vocabulary
-from adallava.eval.prompts import LETTER_ANSWER, SHORT_ANSWER
+from adallava.inference.prompts import LETTER_ANSWER, SHORT_ANSWER
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, IMAGE)  # ids 0..4, in this order

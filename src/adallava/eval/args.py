@@ -9,18 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from adallava.data.benchmarks import BENCHMARKS, READERS  # noqa: F401  (re-exported for eval)
 from adallava.eval.protocols import PROTOCOLS
 
-BENCHMARKS = ("vqav2", "pope", "mme", "textvqa", "scienceqa", "mmbench")
-# Each benchmark's reader in `adallava.eval.readers` (the world's manifest names it).
-READERS = {
-    "vqav2": "read_vqav2",
-    "pope": "read_pope",
-    "mme": "read_mme",
-    "textvqa": "read_textvqa",
-    "scienceqa": "read_scienceqa",
-    "mmbench": "read_mmbench",
-}
 METHODS = ("adaptive", "early-exit", "random", "static", "full")
 DTYPES = ("float32", "bfloat16", "float16")
 PROMPT_FORMATS = ("auto", "chat_template", "llava_v1")

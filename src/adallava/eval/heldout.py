@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from adallava.eval.prompts import chat_prompt
+from adallava.inference.prompts import chat_prompt
 from adallava.plan import ExecutionPlan
 
 

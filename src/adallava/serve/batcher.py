@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from adallava.answering import Prompt
+from adallava.inference.answering import Prompt
 from adallava.serve.errors import APIError
 from adallava.serve.settings import Settings
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from adallava import hf_compat
-from adallava.answering import Answer, Prompt, answer_batch, encode
-from adallava.eval.prompts import conversation_prompt
+from adallava.inference.answering import Answer, Prompt, answer_batch, encode
+from adallava.inference.prompts import conversation_prompt
 from adallava.serve.batcher import TOKEN, Job
 from adallava.serve.errors import bad_request
 from adallava.serve.protocol import ModelCard, ParsedRequest

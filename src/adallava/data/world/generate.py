@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from adallava.data.benchmarks import BENCHMARKS, READERS
 from adallava.data.world import formats
 from adallava.data.world.formats import Question
 from adallava.data.world.questions import (
@@ -48,7 +49,6 @@ from adallava.data.world.scene import (
     scene_from_json,
     stream,
 )
-from adallava.eval.args import BENCHMARKS, READERS
 
 WORLD_FORMAT = "adallava-world"
 VERSION = 1
@@ -333,20 +333,6 @@ def read_manifest(world: str | Path) -> dict[str, Any]:
     if manifest.get("format") != WORLD_FORMAT:
         raise ValueError(f"{path}: field 'format' must be {WORLD_FORMAT!r}, got {manifest.get('format')!r}")
     return manifest
-
-
-def load_benchmark(world: str | Path, benchmark: str) -> list:
-    """The samples of one benchmark of a test world, through its `adallava.eval.readers` reader."""
-    from adallava.eval import readers
-
-    manifest = read_manifest(world)
-    entries = manifest.get("benchmarks", {})
-    if benchmark not in entries:
-        raise ValueError(f"{world}: no benchmark {benchmark!r} (has: {', '.join(entries) or 'none'})")
-    entry = entries[benchmark]
-    reader = getattr(readers, entry["reader"].rsplit(".", 1)[-1])
-    files = {key: Path(world) / path for key, path in entry["files"].items()}
-    return reader(**files, **entry["options"])
 
 
 def load_heldout(world: str | Path) -> list[HeldoutQuestion]:

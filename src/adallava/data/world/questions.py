@@ -28,7 +28,7 @@ from adallava.data.world.scene import (
     Scene,
     WorldObject,
 )
-from adallava.eval.prompts import multiple_choice_prompt, short_answer_prompt
+from adallava.inference.prompts import multiple_choice_prompt, short_answer_prompt
 
 CAPTION_QUESTION = "List the objects in the image."
 MME_SUFFIX = " Please answer yes or no."

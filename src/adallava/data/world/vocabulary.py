@@ -17,7 +17,7 @@ from adallava.data.world.questions import (
     SQA_SIZE_HINT,
 )
 from adallava.data.world.scene import CELL_NAMES, COLORS, LETTERS, PLURALS, SHAPE_COUNTS, SHAPES
-from adallava.eval.prompts import LETTER_ANSWER, OPTION_LETTERS, SHORT_ANSWER
+from adallava.inference.prompts import LETTER_ANSWER, OPTION_LETTERS, SHORT_ANSWER
 
 _WORD = re.compile(r"\w+|[^\w\s]+")
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from adallava.eval.prompts import OPTION_LETTERS
 from adallava.eval.protocols import Protocol, check_protocol
 from adallava.eval.readers.mmbench import rotate_mmbench
 from adallava.eval.records import MMBenchSample
+from adallava.inference.prompts import OPTION_LETTERS
 
 _CANDIDATES = OPTION_LETTERS  # the evaluator looks for A-E whatever the number of options
 _AFFIXES = (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ").")) + (

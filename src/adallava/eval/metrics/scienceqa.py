@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from adallava.eval.metrics._common import require_predictions
-from adallava.eval.prompts import OPTION_LETTERS
 from adallava.eval.protocols import Protocol, check_protocol
 from adallava.eval.records import ScienceQASample
+from adallava.inference.prompts import OPTION_LETTERS
 
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 

@@ -13,8 +13,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from adallava.eval.prompts import OPTION_LETTERS, multiple_choice_prompt
 from adallava.eval.records import MMBenchSample
+from adallava.inference.prompts import OPTION_LETTERS, multiple_choice_prompt
 
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "image")
 # LLaVA reads the TSV with pandas.read_table, whose default NA strings make a cell empty; LLaVA's

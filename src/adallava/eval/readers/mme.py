@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adallava.eval.prompts import short_answer_prompt
 from adallava.eval.records import MMESample, QuestionId
+from adallava.inference.prompts import short_answer_prompt
 
 # eval_tool/calculation.py, eval_type_dict.
 PERCEPTION = (

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adallava.eval.prompts import short_answer_prompt
 from adallava.eval.readers._files import field, iter_jsonl, reject_duplicate
 from adallava.eval.records import POPESample
+from adallava.inference.prompts import short_answer_prompt
 
 ANNOTATION_PREFIX = "coco_pope_"
 LABELS = ("yes", "no")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adallava.eval.prompts import OPTION_LETTERS, multiple_choice_prompt
 from adallava.eval.readers._files import field, load_json, optional_field
 from adallava.eval.records import ScienceQASample
+from adallava.inference.prompts import OPTION_LETTERS, multiple_choice_prompt
 
 
 def read_scienceqa(

@@ -7,7 +7,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from adallava.eval.prompts import short_answer_prompt
 from adallava.eval.readers._files import (
     element,
     field,
@@ -17,6 +16,7 @@ from adallava.eval.readers._files import (
     reject_duplicate,
 )
 from adallava.eval.records import LlavaAnswer, TextVQASample
+from adallava.inference.prompts import short_answer_prompt
 
 _OCR_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adallava.eval.prompts import short_answer_prompt
 from adallava.eval.readers._files import element, field, json_list, load_json, reject_duplicate
 from adallava.eval.records import VQAv2Sample
+from adallava.inference.prompts import short_answer_prompt
 
 
 def read_vqav2(

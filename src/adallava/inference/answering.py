@@ -9,11 +9,14 @@ batched generation equals one request at a time).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
+
+from adallava.inference.prompts import chat_prompt
 
 FINISH_STOP = "stop"  # the model wrote its end-of-sequence token
 FINISH_LENGTH = "length"  # the request's max_new_tokens ran out first
@@ -144,3 +147,22 @@ def answer_batch(
 
 def _flops(cost, row: int) -> dict[str, float]:
     return {"llm": float(cost.llm[row]), "total": float(cost.total[row])}
+
+
+def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
+    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
+    prompt = encode(processor, chat_prompt(processor, question), [image])
+    start = time.perf_counter()
+    [answer] = answer_batch(model, processor, [prompt], [budget], [max_new_tokens])
+    ms = (time.perf_counter() - start) * 1e3
+    return {
+        "answer": answer.text,
+        "budget": answer.budget,
+        "plan": answer.plan,
+        "flops": answer.prefill_flops,
+        "full_flops": answer.full_prefill_flops,
+        "decode_flops": answer.decode_flops,
+        "ms": ms,
+    }
