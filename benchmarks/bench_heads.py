@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adallava import AdaLlava, AdaptiveConfig, hf_compat  # noqa: E402
+from adallava import AdaLlava, AdaptiveConfig
+from adallava.engine import hf_compat
 from adallava.testing import tiny_inputs  # noqa: E402
 from bench_prefill import add_shape_arguments, build  # noqa: E402
 from common import machine, time_interleaved, write_json  # noqa: E402

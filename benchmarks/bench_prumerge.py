@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the loop reference lives with its test
 
-from adallava.tokens import prumerge, prumerge_plus  # noqa: E402
+from adallava.engine.tokens import prumerge, prumerge_plus  # noqa: E402
 from test_prumerge import reference_prumerge  # noqa: E402
 
 N, WIDTH = 576, 1024

@@ -31,9 +31,9 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adallava import AdaLlava, AdaptiveConfig  # noqa: E402
 from adallava.eval.runner import load_model  # noqa: E402
-from adallava.hub import resolve_model  # noqa: E402
+from adallava.io.hub import resolve_model
 from adallava.serve import Settings, create_app  # noqa: E402
-from adallava.serve.testing import QUESTIONS, LiveServer, chat_body, data_url  # noqa: E402
+from adallava.testing.live_server import QUESTIONS, LiveServer, chat_body, data_url
 from common import machine, write_json  # noqa: E402
 
 MIXES = {"mixed": [0.5, 0.6, 0.75, 0.85, 1.0], "full": [1.0]}

@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from adallava.hub import BUNDLED, BUNDLED_DIR, CARD_FILE
+from adallava.io.hub import BUNDLED, BUNDLED_DIR, CARD_FILE
 
 KEEP = {
     "config.json", "generation_config.json", "model.safetensors", "adaptive_config.json",

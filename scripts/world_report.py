@@ -22,7 +22,7 @@ import torch
 
 from adallava.data.world.generate import load_heldout
 from adallava.eval.heldout import evaluate_heldout
-from adallava.hub import load_model
+from adallava.io.hub import load_model
 
 BUDGETS = (0.5, 0.6, 0.75, 0.85, 1.0)
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adallava.config import AdaptiveConfig
-from adallava.model import AdaLlava
+from adallava.core.config import AdaptiveConfig
+from adallava.engine.llava import AdaLlava
 from adallava.testing import tiny_llava
 
 torch.set_num_threads(1)  # deterministic, and polite to the other core

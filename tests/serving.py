@@ -12,9 +12,9 @@ from PIL import Image
 
 from adallava.eval.runner import load_model
 from adallava.serve import Settings, create_app
-from adallava.serve.testing import QUESTIONS, LiveServer
-from adallava.serve.testing import chat_body as request_body
-from adallava.serve.testing import data_url as image_data_url
+from adallava.testing.live_server import QUESTIONS, LiveServer
+from adallava.testing.live_server import chat_body as request_body
+from adallava.testing.live_server import data_url as image_data_url
 
 SCENE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
 

@@ -3,9 +3,9 @@
 import pytest
 from PIL import Image
 
-from adallava.hub import load_model
 from adallava.inference.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
 from adallava.inference.prompts import chat_prompt, conversation_prompt
+from adallava.io.hub import load_model
 
 pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
 

@@ -9,7 +9,7 @@ from PIL import Image
 from adallava import AdaLlava, AdaptiveConfig
 from adallava.cli import main
 from adallava.data.tiny_model import build_tiny_llava
-from adallava.hub import load_model, resolve_model
+from adallava.io.hub import load_model, resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from adallava.data.world.generate import generate_world, load_heldout
-from adallava.hub import bundled_models, load_model
 from adallava.inference.answering import ask
+from adallava.io.hub import bundled_models, load_model
 
 NAMES = ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"]
 pytestmark = [

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoProcessor, CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
 
 from adallava.data.conversation import ConversationCollator, ConversationDataset, answer_labels
-from adallava.latency import IGNORE_INDEX
+from adallava.modules.latency import IGNORE_INDEX
 from adallava.testing import IMAGE_TOKEN_ID, tiny_llava
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}

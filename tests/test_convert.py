@@ -21,7 +21,7 @@ from transformers import AutoProcessor, CLIPVisionConfig, CLIPVisionModel, Llava
 from adallava import AdaLlava
 from adallava.commands import convert as convert_command
 from adallava.commands import init as init_command
-from adallava.convert import (
+from adallava.io.convert_official import (
     VICUNA_V1_SYSTEM,
     convert_official,
     extend_vocabulary,

@@ -14,12 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig
 
-import adallava.cost as cost_module
-from adallava.budget import budget_fractions, min_fraction, upper_units_for_fraction
-from adallava.cost import (
+from adallava.core.budget import budget_fractions, min_fraction, upper_units_for_fraction
+from adallava.core.cost.flops import (
     Cost,
-    ModelShape,
-    TextShape,
     decode_cost,
     decode_step_cost,
     head_unit_flops,
@@ -29,7 +26,8 @@ from adallava.cost import (
     mlp_group_flops,
     prefill_cost,
 )
-from adallava.hardware import PRESETS, get_hardware, roofline_time
+from adallava.core.cost.hardware import PRESETS, get_hardware, roofline_time
+from adallava.core.cost.shapes import ModelShape, TextShape
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LLAVA_7B = FIXTURES / "llava-1.5-7b" / "config.json"
@@ -331,14 +329,15 @@ def test_llama_config_object_reads_like_its_dict():
 
 
 def test_cost_module_needs_no_torch():
-    """cost.py is plain Python: load it on its own with torch and transformers unavailable."""
+    """The cost model (core.cost.shapes and .flops) is plain Python: it imports with torch and
+    transformers unavailable (bug caught: a torch import creeping into the cost model or into
+    the package's top level, which would make `adallava flops` need torch)."""
     code = (
-        "import sys, importlib.util\n"
+        "import sys\n"
         "sys.modules['torch'] = sys.modules['transformers'] = None\n"
-        f"spec = importlib.util.spec_from_file_location('cost', {str(Path(cost_module.__file__))!r})\n"
-        "cost = importlib.util.module_from_spec(spec); sys.modules['cost'] = cost\n"
-        "spec.loader.exec_module(cost)\n"
-        f"print(cost.prefill_cost(cost.ModelShape.from_config({str(LLAVA_7B)!r}), 576, 110).total)\n"
+        "from adallava.core.cost.flops import prefill_cost\n"
+        "from adallava.core.cost.shapes import ModelShape\n"
+        f"print(prefill_cost(ModelShape.from_config({str(LLAVA_7B)!r}), 576, 110).total)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == prefill_cost(ModelShape.from_config(LLAVA_7B), 576, 110).total

@@ -21,8 +21,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from adallava import hf_compat
-from adallava.cost import ModelShape, decode_step_cost, layer_flops, prefill_cost
+from adallava.core.cost.flops import decode_step_cost, layer_flops, prefill_cost
+from adallava.core.cost.shapes import ModelShape
+from adallava.engine import hf_compat
 from adallava.testing import tiny_inputs, tiny_llava_config
 
 TEXT_TOKENS = 7

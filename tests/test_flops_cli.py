@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from adallava import cli
-from adallava.cost import ModelShape, prefill_cost
+from adallava.core.cost.flops import prefill_cost
+from adallava.core.cost.shapes import ModelShape
 
 CONFIG = Path(__file__).parent / "fixtures" / "llava-1.5-7b" / "config.json"
 

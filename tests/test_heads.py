@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
-from adallava.budget import RELATIVE_TOLERANCE
-from adallava.scheduler import official_head_selection
+from adallava.core.budget import RELATIVE_TOLERANCE
+from adallava.core.selection import official_head_selection
 from adallava.testing import tiny_inputs, tiny_llava
 from tests.helpers import assert_generates_as_one_at_a_time
 

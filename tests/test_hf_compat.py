@@ -15,8 +15,9 @@ import torch
 from transformers import GenerationMixin, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from adallava import AdaLlava, AdaptiveConfig, hf_compat
-from adallava.model import AdaGenerateOutput, AdaLlavaOutput
+from adallava import AdaLlava, AdaptiveConfig
+from adallava.engine import hf_compat
+from adallava.engine.llava import AdaGenerateOutput, AdaLlavaOutput
 from adallava.testing import tiny_inputs, tiny_llava
 
 pytestmark = pytest.mark.core

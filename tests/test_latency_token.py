@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from adallava.latency import (
+from adallava.modules.latency import (
     IGNORE_INDEX,
     LatencyEncoder,
     insert_at,

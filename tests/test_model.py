@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
-from adallava.latency import IGNORE_INDEX
+from adallava.modules.latency import IGNORE_INDEX
 from adallava.testing import IMAGE_TOKEN_ID, tiny_inputs
 from tests.helpers import assert_generates_as_one_at_a_time
 

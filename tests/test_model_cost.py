@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
-from adallava.budget import RELATIVE_TOLERANCE
+from adallava.core.budget import RELATIVE_TOLERANCE
 from adallava.testing import tiny_inputs, tiny_llava
 
 N = 8

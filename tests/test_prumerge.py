@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from adallava.tokens import MergedTokens, prumerge, prumerge_plus
-from adallava.tokens.prumerge import cls_attention, kept_count, outlier_count
+from adallava.engine.tokens import MergedTokens, prumerge, prumerge_plus
+from adallava.engine.tokens.prumerge import cls_attention, kept_count, outlier_count
 
 # ---------------------------------------------------------------------------------------------
 # Loop reference

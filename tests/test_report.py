@@ -7,7 +7,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from adallava import cli, report  # noqa: E402
+from adallava import cli  # noqa: E402
+from adallava.report import results as report  # noqa: E402
 
 BUDGETS = (0.6, 1.0)
 FULL_LLM = 2.0e12
@@ -139,7 +140,7 @@ def test_report_is_identical_when_regenerated(folders, built, tmp_path):
         text.split("## Schedulers")[0] == first.split("## Schedulers")[0]
     )  # same tables from reloaded folders
     # the plots carry no dates or versions: drawing one again gives the same bytes
-    from adallava import viz
+    from adallava.report import plots as viz
 
     viz.plot_accuracy_vs_flops(rows, "vqav2", tmp_path / "again.png")
     assert (tmp_path / "again.png").read_bytes() == (

@@ -1,6 +1,6 @@
 import torch
 
-from adallava.scheduler import greedy_mask, gumbel_topk_mask, sample_mask_straight_through
+from adallava.core.selection import greedy_mask, gumbel_topk_mask, sample_mask_straight_through
 
 
 def test_greedy_takes_the_top_k_logits_per_row():

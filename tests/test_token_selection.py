@@ -6,8 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
 
 from adallava import AdaLlava, AdaptiveConfig
+from adallava.engine.tokens import prumerge
 from adallava.testing import IMAGE_TOKEN_ID, tiny_inputs, tiny_llava
-from adallava.tokens import prumerge
 from tests.helpers import assert_generates_as_one_at_a_time
 
 

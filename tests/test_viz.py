@@ -10,9 +10,9 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from adallava import viz  # noqa: E402
-from adallava.config import AdaptiveConfig  # noqa: E402
-from adallava.model import AdaLlava  # noqa: E402
+from adallava.core.config import AdaptiveConfig
+from adallava.engine.llava import AdaLlava
+from adallava.report import plots as viz
 from adallava.testing import tiny_inputs, tiny_llava  # noqa: E402
 
 BUDGETS = (0.5, 0.75, 1.0)

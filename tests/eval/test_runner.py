@@ -15,9 +15,10 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from adallava.commands import eval as eval_command
-from adallava.config import AdaptiveConfig
+from adallava.core.config import AdaptiveConfig
 from adallava.data.tiny_model import build_tiny_llava
 from adallava.data.world import generate_world
+from adallava.engine.llava import AdaLlava
 from adallava.eval import scoring
 from adallava.eval.args import EvalArgs
 from adallava.eval.methods import (
@@ -29,7 +30,6 @@ from adallava.eval.methods import (
     upper_layers_for,
 )
 from adallava.eval.runner import benchmark_entries, limit_samples, load_benchmarks
-from adallava.model import AdaLlava
 
 SCHEMA = {
     "benchmark", "method", "budget", "score", "metrics", "llm_flops", "total_flops", "violations", "n",

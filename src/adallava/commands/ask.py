@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from adallava.budget import parse_budget
-from adallava.hub import BUNDLED, DEFAULT_MODEL, load_model
+from adallava.core.budget import parse_budget
 from adallava.inference.answering import ask
+from adallava.io.hub import BUNDLED, DEFAULT_MODEL, load_model
 
 
 def add_parser(subparsers) -> None:

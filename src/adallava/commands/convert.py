@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adallava.convert import DTYPES, convert_official
+from adallava.io.checkpoint import DTYPES
+from adallava.io.convert_official import convert_official
 
 
 def add_parser(subparsers) -> None:

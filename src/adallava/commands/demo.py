@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from adallava.config import AdaptiveConfig
-from adallava.model import AdaLlava
+from adallava.core.config import AdaptiveConfig
+from adallava.engine.llava import AdaLlava
 from adallava.testing import tiny_inputs, tiny_llava
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from adallava.budget import budget_fractions, min_fraction, parse_flops, upper_units_for_fraction
-from adallava.cost import ModelShape, prefill_cost
-from adallava.hardware import DTYPE_BYTES, PRESETS, get_hardware, roofline_time
+from adallava.core.budget import budget_fractions, min_fraction, parse_flops, upper_units_for_fraction
+from adallava.core.cost.flops import prefill_cost
+from adallava.core.cost.hardware import DTYPE_BYTES, PRESETS, get_hardware, roofline_time
+from adallava.core.cost.shapes import ModelShape
 
 
 def add_parser(subparsers) -> None:

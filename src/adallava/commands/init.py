@@ -10,8 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adallava.config import SCHEDULER_KINDS, SELECTION_RULES, SWITCH_KINDS, TOKEN_SELECTIONS, AdaptiveConfig
-from adallava.convert import DTYPES, init_from_base
+from adallava.core.config import (
+    SCHEDULER_KINDS,
+    SELECTION_RULES,
+    SWITCH_KINDS,
+    TOKEN_SELECTIONS,
+    AdaptiveConfig,
+)
+from adallava.io.checkpoint import DTYPES
+from adallava.io.init import init_from_base
 
 
 def add_parser(subparsers) -> None:

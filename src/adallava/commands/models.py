@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from adallava.hub import DEFAULT_MODEL, bundled_models
+from adallava.io.hub import DEFAULT_MODEL, bundled_models
 
 
 def add_parser(subparsers) -> None:

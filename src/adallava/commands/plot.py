@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return _attention(args)
     if not args.results:
         raise ValueError("give at least one results folder (or --attention MODEL --image F --question Q)")
-    from adallava.report import load_rows, plan_files, write_plots
+    from adallava.report.results import load_rows, plan_files, write_plots
 
     out = args.out if args.out is not None else args.results[0] / "plots"
     rows = load_rows(args.results)
@@ -82,8 +82,8 @@ def _attention(args: argparse.Namespace) -> int:
     from PIL import Image
     from transformers import AutoProcessor
 
-    from adallava.model import AdaLlava
-    from adallava.viz import latency_token_attention, plot_latency_attention
+    from adallava.engine.llava import AdaLlava
+    from adallava.report.plots import latency_token_attention, plot_latency_attention
 
     model = AdaLlava.from_pretrained(args.attention, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(args.attention)

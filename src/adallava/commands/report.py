@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adallava.report import build_report
+    from adallava.report.results import build_report
 
     command = ["adallava", "report", "--results", *map(str, args.results), "--out", str(args.out)]
     if args.plots is not None:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
-from adallava.latency import IGNORE_INDEX
+from adallava.modules.latency import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from adallava import hf_compat
 from adallava.data.world.questions import MME_SUFFIX
 from adallava.data.world.vocabulary import words as split_words
 from adallava.data.world.vocabulary import world_vocabulary
+from adallava.engine import hf_compat
 from adallava.inference.prompts import LETTER_ANSWER, SHORT_ANSWER
 
 PAD, BOS, EOS, UNK, IMAGE = "<pad>", "<s>", "</s>", "<unk>", "<image>"

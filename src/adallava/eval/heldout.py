@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from adallava.core.plan import ExecutionPlan
 from adallava.inference.prompts import chat_prompt
-from adallava.plan import ExecutionPlan
 
 
 @dataclass(frozen=True)

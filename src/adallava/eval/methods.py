@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adallava.budget import RELATIVE_TOLERANCE, upper_units_for_fraction
-from adallava.plan import ExecutionPlan
+from adallava.core.budget import RELATIVE_TOLERANCE, upper_units_for_fraction
+from adallava.core.plan import ExecutionPlan
 
 EXHAUSTIVE_MAX_UPPER = 8
 """Static search tries every subset when the model has at most this many upper layers (C(8, 4) = 70)."""

@@ -44,7 +44,7 @@ from adallava.eval.methods import (
 )
 from adallava.eval.readers.mmbench import mmbench_rotations
 from adallava.eval.records import MMBenchSample, Sample
-from adallava.hub import resolve_model
+from adallava.io.hub import resolve_model
 
 DEFAULT_MAX_NEW_TOKENS = 128  # LLaVA-1.5's model_vqa*.py default
 IMAGE_TOKEN = "<image>"
@@ -173,8 +173,8 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     """(AdaLlava, processor, is_adaptive) from a folder or a bundled name. A plain HF Llava folder is
     wrapped with `AdaLlava.from_base` (P = N // 2), so explicit plans run on it; its scheduler is
     untrained."""
-    from adallava.hub import load_model as load_named
-    from adallava.model import ADAPTIVE_CONFIG_FILE
+    from adallava.engine.llava import ADAPTIVE_CONFIG_FILE
+    from adallava.io.hub import load_model as load_named
 
     folder = resolve_model(path)
     model, processor = load_named(folder, dtype=getattr(torch, dtype))

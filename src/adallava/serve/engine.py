@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adallava import hf_compat
+from adallava.engine import hf_compat
 from adallava.inference.answering import Answer, Prompt, answer_batch, encode
 from adallava.inference.prompts import conversation_prompt
 from adallava.serve.batcher import TOKEN, Job

@@ -22,7 +22,7 @@ import PIL
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
-from adallava.budget import budget_fractions, parse_budget, parse_flops
+from adallava.core.budget import budget_fractions, parse_budget, parse_flops
 from adallava.serve.errors import APIError, bad_request, too_large
 from adallava.serve.settings import Settings
 

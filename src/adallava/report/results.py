@@ -24,8 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from adallava import viz
-from adallava.viz import BENCHMARK_NAMES, METHOD_ORDER, adherence_points, flop_unit, method_label, short_names
+from adallava.report import plots as viz
+from adallava.report.plots import (
+    BENCHMARK_NAMES,
+    METHOD_ORDER,
+    adherence_points,
+    flop_unit,
+    method_label,
+    short_names,
+)
 
 RESULTS_FILE = "results.json"
 META_FILE = "meta.json"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adallava.tokens.prumerge import prumerge, prumerge_plus
+from adallava.engine.tokens.prumerge import prumerge, prumerge_plus
 
 METHODS = {"prumerge": prumerge, "prumerge+": prumerge_plus}
 

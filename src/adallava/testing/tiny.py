@@ -16,7 +16,7 @@ from transformers import (
     Qwen2Config,
 )
 
-from adallava import hf_compat
+from adallava.engine import hf_compat
 
 TEXT_CONFIGS = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}
 IMAGE_TOKEN_ID = 3

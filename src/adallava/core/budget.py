@@ -1,0 +1,136 @@
+"""Budgets: what a request may spend, as a fraction of its full decoder-stack prefill FLOPs.
+
+Three forms are accepted from users and turned into one per-row fraction tensor here:
+a fraction in [b_min, 1], an absolute FLOPs cap (a number or a string such as "3.5T" / "800G"),
+one value for the batch or one per row. Nothing is clamped: a value outside the feasible range is a
+`ValueError` that names the value and the range.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+
+# Budgets are compared with this relative slack so that a user's 0.3 (stored as 0.29999...) buys the
+# 3 of 10 units they meant; it is far below the cost of any unit.
+RELATIVE_TOLERANCE = 1e-9
+
+_SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_FLOPS_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$", re.I)
+
+
+def parse_budget(text: str) -> float | str:
+    """A budget as a user types it: '0.6' -> 0.6 (a fraction); anything else ('2M', '3.5T') is kept
+    as a FLOPs string for `budget_fractions` to check against the request's own cost."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_flops(text: str | float | int) -> float:
+    """'3.5T' -> 3.5e12, '800G' -> 8e11, 1e12 -> 1e12. Raises ValueError on anything else."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        match = _FLOPS_PATTERN.match(str(text))
+        if not match:
+            raise ValueError(
+                f"budget {text!r} is not a FLOPs amount; write a number or a number with a suffix "
+                "K, M, G, T or P (e.g. '3.5T', '800G')"
+            )
+        value = float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"budget {text!r} must be a positive, finite number of FLOPs")
+    return value
+
+
+def min_fraction(total_units: int, prefix_units: int) -> float:
+    """b_min: the share of the decoder stack that always runs (prefix only), e.g. 0.5 for P = N/2."""
+    return prefix_units / total_units
+
+
+def upper_units_for_fraction(total_units: int, prefix_units: int, fraction: float) -> int:
+    """Number of switchable units a budget buys when all units cost the same.
+
+    The paper's rule (DESIGN.md): n = floor(Nu * l) - Pu, never below 0. For layer switches with
+    fraction budgets of decoder-stack FLOPs this is exactly "the most layers that fit".
+    """
+    return max(0, math.floor(total_units * fraction * (1 + RELATIVE_TOLERANCE)) - prefix_units)
+
+
+def budget_fractions(
+    budget: float | str | Sequence[float | str] | torch.Tensor,
+    batch_size: int,
+    b_min: float,
+    full_llm_flops: Sequence[float] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Normalise any accepted budget form to a float64 tensor [B] of fractions in [b_min, 1].
+
+    `full_llm_flops[r]` is row r's full decoder-stack prefill FLOPs; it is needed only to turn
+    absolute caps (numbers > 1 or strings like "3.5T") into fractions. Raises ValueError naming the
+    bad value and the allowed range; never clamps.
+    """
+    values = _as_list(budget, batch_size)
+    fractions = []
+    for row, value in enumerate(values):
+        if isinstance(value, str) or (
+            isinstance(value, (int, float)) and value > 1.0 and math.isfinite(value)
+        ):
+            cap = parse_flops(value)
+            if full_llm_flops is None:
+                raise ValueError(
+                    f"budget {value!r} is read as an absolute FLOPs cap (fractions lie in [{b_min:g}, 1]), "
+                    "but no cost model was given to convert it"
+                )
+            full = float(full_llm_flops[row])
+            fraction = cap / full
+            if fraction < b_min * (1 - RELATIVE_TOLERANCE):
+                raise ValueError(
+                    f"budget {value!r} for row {row} is read as an absolute FLOPs cap and is below what the "
+                    f"always-run prefix layers cost: the minimum feasible cap is {b_min * full:.4g} FLOPs "
+                    f"({b_min:g} of the full decoder stack's {full:.4g} FLOPs); "
+                    f"fractions lie in [{b_min:g}, 1]"
+                )
+            fractions.append(min(fraction, 1.0))  # a cap above the full cost buys the full model
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"budget must be a number or a FLOPs string, got {value!r} ({type(value).__name__})"
+            )
+        if not math.isfinite(value) or not (b_min * (1 - RELATIVE_TOLERANCE) <= value <= 1.0):
+            raise ValueError(
+                f"budget {value!r} for row {row} is outside the allowed range [{b_min:g}, 1] "
+                f"(fraction of the full decoder-stack FLOPs; the prefix alone costs {b_min:g})"
+            )
+        fractions.append(float(value))
+    return torch.tensor(fractions, dtype=torch.float64)
+
+
+def _as_list(budget, batch_size: int) -> list:
+    if isinstance(budget, torch.Tensor):
+        if budget.dim() == 0:
+            return [budget.item()] * batch_size
+        if budget.dim() != 1:
+            raise ValueError(
+                f"budget tensor must be a scalar or 1-D [batch], got shape {tuple(budget.shape)}"
+            )
+        budget = budget.tolist()
+    if isinstance(budget, (str, int, float)):
+        return [budget] * batch_size
+    if not isinstance(budget, (list, tuple)):
+        raise ValueError(
+            f"budget must be a number, a FLOPs string, a list or a 1-D tensor, got {type(budget).__name__}"
+        )
+    values = list(budget)
+    if len(values) == 1:
+        return values * batch_size
+    if len(values) != batch_size:
+        raise ValueError(
+            f"budget has {len(values)} values but the batch has {batch_size} rows; "
+            "give one budget for the whole batch or one per row"
+        )
+    return values

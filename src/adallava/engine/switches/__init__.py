@@ -1,0 +1,1 @@
+"""One module per switch kind: how a row runs a decoder layer under its plan."""

@@ -1,0 +1,33 @@
+"""Layer switches (AdaLLaVA-L): a row runs a decoder layer whole or not at all."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adallava.engine.stack import LayerInputs, call_layer
+
+
+def run_layer_skipping(
+    layer: nn.Module, hidden: torch.Tensor, layer_index: int, inputs: LayerInputs, active: torch.Tensor
+) -> torch.Tensor:
+    """Inference: rows with active[b] False skip the layer (identity); its work is not computed."""
+    if bool(active.all()):
+        return call_layer(layer, hidden, layer_index, inputs)
+    rows = active.nonzero().flatten()  # [R]
+    if rows.numel() == 0:
+        return hidden
+    out = call_layer(layer, hidden, layer_index, inputs, rows)  # [R, T, D]
+    return hidden.index_copy(0, rows, out)
+
+
+def run_layer_gated(
+    layer: nn.Module, hidden: torch.Tensor, layer_index: int, inputs: LayerInputs, gate: torch.Tensor
+) -> torch.Tensor:
+    """Training: h + s * (layer(h) - h) with s in {0, 1} per row carrying straight-through gradients,
+    so an off layer is exactly the identity on the residual stream."""
+    out = call_layer(layer, hidden, layer_index, inputs)
+    gate = gate.to(hidden.dtype)[:, None, None]  # [B, 1, 1]
+    return hidden + gate * (out - hidden)
+
+

@@ -1,0 +1,2 @@
+"""Checkpoints: bundled names and loading (`hub`), initialisation from a HF Llava (`init`),
+conversion of official AdaLLaVA checkpoints (`convert_official`)."""

@@ -1,0 +1,75 @@
+"""`adallava init`: make any HF Llava folder adaptive (scheduler and latency encoder freshly
+initialised, seeded) and save it with the base folder's processor files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import (
+    LlavaForConditionalGeneration,
+)
+
+from adallava.core.config import AdaptiveConfig
+from adallava.engine.llava import AdaLlava
+from adallava.io.checkpoint import DTYPES, check_out_dir
+from adallava.io.convert_official import OFFICIAL_MODEL_TYPE, PROCESSOR_FILES
+
+# ---- tables -------------------------------------------------------------------------------------
+
+
+# ---- config mapping (pure) ----------------------------------------------------------------------
+
+
+# ---- key mapping (pure) -------------------------------------------------------------------------
+
+
+# ---- file reading -------------------------------------------------------------------------------
+
+
+# ---- drivers ------------------------------------------------------------------------------------
+
+
+def init_from_base(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    adaptive: AdaptiveConfig,
+    dtype: str = "auto",
+    seed: int = 0,
+) -> AdaLlava:
+    """Make any HF Llava folder adaptive: a freshly initialised scheduler and latency encoder (seeded),
+    saved with the base weights and the base folder's tokenizer / processor / chat template files, so the
+    output loads offline with `AdaLlava.from_pretrained` and `AutoProcessor.from_pretrained`."""
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    config_file = base_dir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: --base must be a Hugging Face Llava folder")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type == OFFICIAL_MODEL_TYPE:
+        raise ValueError(
+            f"{base_dir} is an official AdaLLaVA checkpoint; use `adallava convert --from-official`"
+        )
+    if model_type != "llava":
+        raise ValueError(
+            f"{config_file}: model_type {model_type!r}; --base must be a HF Llava folder ('llava')"
+        )
+    check_out_dir(out_dir, [base_dir])
+    torch_dtype = "auto" if dtype == "auto" else DTYPES[dtype]
+    base = LlavaForConditionalGeneration.from_pretrained(base_dir, dtype=torch_dtype)
+    torch.manual_seed(seed)
+    model = AdaLlava.from_base(base, adaptive)
+    model.save_pretrained(out_dir)
+    for name in PROCESSOR_FILES:
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, out_dir / name)
+    templates = base_dir / "additional_chat_templates"
+    if templates.is_dir():
+        shutil.copytree(templates, out_dir / templates.name, dirs_exist_ok=True)
+    return model
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+

@@ -1,0 +1,1 @@
+"""The adaptive parts that own weights: latency encoder, scheduler head, sliced layers, gates."""
