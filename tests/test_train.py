@@ -13,9 +13,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 import adallava.train as recipe
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.commands import train as train_command
+from adallava.settings_cli import field_help
 from adallava.testing import tiny_inputs
 from adallava.train import EpochSampler, lr_factor, merge_lora, sample_budgets, train
-from adallava.train_args import TrainArgs, field_docs
+from adallava.train_args import TrainArgs
 from tests.test_conversation import make_world
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -170,16 +171,16 @@ def test_merge_lora_matches_the_adapted_model(base_llava):
 @pytest.mark.parametrize(
     "options, saved",
     [({"switches": "head", "rank": 2}, {"switches": "head", "rank": 2}),
-     ({"scheduler_kind": "deterministic", "latency_loss_weight": 0.5}, {"scheduler": "deterministic"})],
+     ({"scheduler": "deterministic", "latency_loss_weight": 0.5}, {"scheduler": "deterministic"})],
 )  # fmt: skip
 def test_other_adaptive_kinds_train_and_continue(base_dir, world, tmp_path, options, saved):
     _, data = world
     out = tmp_path / "kind"
-    train(args(base_dir, data, out, max_steps=2, **options))
+    train(args(base_dir, data, out, max_steps=2, adaptive=options))
     adaptive = AdaLlava.from_pretrained(out).adaptive
     assert all(getattr(adaptive, k) == v for k, v in saved.items())
-    train(args(out, data, tmp_path / "more", max_steps=1, **options))  # continue from the AdaLlava folder
-    with pytest.raises(ValueError, match="was trained with"):
+    train(args(out, data, tmp_path / "more", max_steps=1, adaptive=options))  # continue from the AdaLlava dir
+    with pytest.raises(ValueError, match="was trained with adaptive[.]"):
         train(args(out, data, tmp_path / "other", max_steps=1))
 
 
@@ -246,7 +247,7 @@ def test_train_args_validate_and_name_the_flag(tmp_path):
         TrainArgs.load(config)
     with pytest.raises(ValueError, match="--batch-size expects an integer"):
         TrainArgs.load(None, **required, batch_size="many")
-    assert field_docs(TrainArgs)["seed"].startswith("Seeds the data order")
+    assert field_help(TrainArgs)["seed"].startswith("Seeds the data order")
 
 
 def test_example_configs_are_valid():

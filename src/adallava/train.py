@@ -34,9 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from adallava.config import AdaptiveConfig
+from adallava.core.config import AdaptiveConfig
 from adallava.data.conversation import IMAGE_TOKEN, ConversationCollator, ConversationDataset
-from adallava.model import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaLlava
+from adallava.engine.llava import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaLlava
 from adallava.train_args import TrainArgs
 
 LOG_FILE = "log.jsonl"
@@ -239,37 +239,30 @@ def _load_model(args: TrainArgs) -> nn.Module:
         if is_adaptive:
             raise ValueError(f"--model {path} is an AdaLlava checkpoint; the base stage trains a HF Llava")
         return LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    if is_adaptive:  # continue adaptive training; the checkpoint's switches and prefix stand
+    adaptive = args.adaptive
+    # Temperature and latency-loss weight are training choices, not properties of a checkpoint.
+    training = {"tau": adaptive.tau, "latency_loss_weight": adaptive.latency_loss_weight}
+    if is_adaptive:  # continue adaptive training; the checkpoint's adaptive settings stand
         model = AdaLlava.from_pretrained(path, dtype=torch.float32)
         saved = model.adaptive
-        wanted = {
-            "switches": args.switches,
-            "num_prefix_layers": args.num_prefix_layers or saved.num_prefix_layers,
-            "scheduler": args.scheduler_kind,
-        }
-        if saved.switches == "head":
-            wanted["rank"] = args.rank
-        differ = [k for k, v in wanted.items() if getattr(saved, k) != v]
+        # Keys left at None (num_prefix_layers, mlp_groups) mean "the checkpoint's".
+        wanted = {k: v for k, v in adaptive.to_dict().items() if v is not None and k not in training}
+        have = saved.to_dict()
+        if saved.switches == "head":  # mlp_groups None was resolved against the model
+            have["mlp_groups"] = model.geometry.mlp_groups
+        else:  # rank and MLP groups do not apply to layer switches
+            wanted = {k: v for k, v in wanted.items() if k not in ("rank", "mlp_groups")}
+        differ = [k for k, v in wanted.items() if have[k] != v]
         if differ:
-            found = ", ".join(f"{k}={getattr(saved, k)!r}" for k in differ)
+            found = ", ".join(f"adaptive.{k}={have[k]!r}" for k in differ)
             raise ValueError(f"--model {path} was trained with {found}; set those keys to match")
-        # Temperature and latency-loss weight are training choices, not properties of the checkpoint.
-        training = {"tau": args.tau, "latency_loss_weight": args.latency_loss_weight}
         model.adaptive = AdaptiveConfig.from_dict({**saved.to_dict(), **training})
         return model
     base = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    adaptive = AdaptiveConfig(
-        switches=args.switches,
-        num_prefix_layers=args.num_prefix_layers,
-        rank=args.rank,
-        tau=args.tau,
-        scheduler=args.scheduler_kind,
-        latency_loss_weight=args.latency_loss_weight,
-    )
     try:
         return AdaLlava.from_base(base, adaptive)
     except NotImplementedError as error:  # a switch kind the engine does not have
-        raise ValueError(f"--switches {args.switches}: {error}") from error
+        raise ValueError(f"--adaptive.switches {adaptive.switches}: {error}") from error
 
 
 def _check_processor(dataset: ConversationDataset, llava: LlavaForConditionalGeneration) -> None:

@@ -1,31 +1,34 @@
 """TrainArgs: every setting of `adallava train`, typed, validated, documented once.
 
-The docstring under each field is its CLI help. Values come from the defaults, then a YAML file
-(`--config`), then command-line flags (`--learning-rate 1e-5`), each overriding the one before.
+The docstring under each field is its CLI help; `adallava.settings_cli` turns the fields into flags
+and YAML keys. Values come from the defaults, then a YAML file (`--config`), then command-line flags
+(`--learning-rate 1e-5`), each overriding the one before. How the model is made adaptive is one nested
+AdaptiveConfig, `adaptive:` in YAML and `--adaptive.KEY` flags (`--adaptive.switches head`).
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import difflib
-import inspect
 import math
-import typing
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-CHOICES = {
-    "stage": ("base", "adaptive"),
-    "switches": ("layer", "head"),
-    "scheduler_kind": ("probabilistic", "deterministic"),
-    "lr_schedule": ("constant_with_warmup", "cosine", "linear"),
-    "mixed_precision": ("no", "bf16", "fp16"),
-    "prompt_format": ("auto", "chat_template", "llava_v1"),
+from adallava import settings_cli
+from adallava.core.config import AdaptiveConfig
+from adallava.settings_cli import check, flag
+
+# Keys that were flat TrainArgs keys before AdaptiveConfig was nested: old key -> new dotted key.
+# An old YAML file or flag stops with these names (settings_cli: `moved`).
+MOVED = {
+    "switches": "adaptive.switches",
+    "num_prefix_layers": "adaptive.num_prefix_layers",
+    "rank": "adaptive.rank",
+    "tau": "adaptive.tau",
+    "scheduler_kind": "adaptive.scheduler",
+    "latency_loss_weight": "adaptive.latency_loss_weight",
 }
 
 
@@ -33,7 +36,7 @@ CHOICES = {
 class TrainArgs:
     """Settings of one training run (stage `base` or `adaptive`)."""
 
-    stage: str
+    stage: Literal["base", "adaptive"]
     """'base': train a HF Llava, all parameters, e.g. from a random initialisation. 'adaptive': make a
     trained Llava adaptive (AdaLLaVA) and fine-tune it with a random budget per sample."""
     model: str
@@ -49,21 +52,11 @@ class TrainArgs:
     """Folder to load the processor (tokenizer, image processor, chat template) from (default: model)."""
 
     # ---- the adaptive stage ----
-    switches: str = "layer"
-    """Adaptive stage: 'layer' (AdaLLaVA-L) or 'head' (AdaLLaVA-H)."""
-    num_prefix_layers: int | None = None
-    """Adaptive stage: layers that always run, P (default: N // 2)."""
-    rank: int = 8
-    """Adaptive stage, head switches: attention heads (and MLP groups) per budget unit; must divide the
-    number of heads (official checkpoints: 8)."""
-    tau: float = 5.0
-    """Adaptive stage: Gumbel-softmax temperature of plan sampling."""
-    scheduler_kind: str = "probabilistic"
-    """Adaptive stage: 'probabilistic' (the paper's method: plans sampled within the budget) or
-    'deterministic' (the Table 2 ablation: thresholded plans, NLL + latency_loss_weight * (cost - budget)^2;
-    it may violate budgets)."""
-    latency_loss_weight: float = 1.0
-    """Adaptive stage, deterministic scheduler: lambda of the latency loss."""
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    """Adaptive stage: how the model is made adaptive (switches, prefix, rank, scheduler, ...), one
+    AdaptiveConfig; set its keys as `adaptive: {switches: head, rank: 8}` in YAML or
+    `--adaptive.switches head --adaptive.rank 8`. Continuing from an AdaLlava folder, the folder's
+    values stand: keys that shape the model must match them, tau and latency_loss_weight may change."""
     scheduler_learning_rate: float = 1e-4
     """Adaptive stage: peak learning rate of the scheduler and latency encoder (paper: 1e-4)."""
     lora: bool = False
@@ -85,7 +78,7 @@ class TrainArgs:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm (0 disables)."""
-    lr_schedule: str | None = None
+    lr_schedule: Literal["constant_with_warmup", "cosine", "linear"] | None = None
     """'constant_with_warmup', 'cosine' or 'linear' decay after warm-up (default: constant_with_warmup for
     the base stage, cosine for the adaptive stage, as LLaVA's fine-tuning). A decay that ends before the
     model has learned stalls it: prefer a flat schedule for short or from-scratch runs."""
@@ -107,13 +100,13 @@ class TrainArgs:
     """Token sequences are cut at this length (an error if that cuts the image or every answer)."""
     seed: int = 0
     """Seeds the data order, the initialisation of new weights, budgets and plan sampling."""
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """'no', 'bf16' or 'fp16' autocast (GPU only; on CPU training runs in fp32 and says so)."""
     gradient_checkpointing: bool = False
     """Recompute decoder-layer activations in the backward pass (less memory, more compute)."""
 
     # ---- data ----
-    prompt_format: str = "auto"
+    prompt_format: Literal["auto", "chat_template", "llava_v1"] = "auto"
     """'auto' (the processor's chat template if it has one, else llava_v1), 'chat_template' or 'llava_v1'
     (LLaVA-1.5: `USER: <image>\\n... ASSISTANT: answer</s>`)."""
     system_prompt: str = ""
@@ -145,48 +138,42 @@ class TrainArgs:
     """Show a progress bar with the loss and samples/s."""
 
     def __post_init__(self) -> None:
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}; got {value!r}")
+        if isinstance(self.adaptive, Mapping):  # TrainArgs(adaptive={"switches": "head"})
+            object.__setattr__(
+                self, "adaptive", settings_cli.build(AdaptiveConfig, self.adaptive, prefix="adaptive.")
+            )
+        if not isinstance(self.adaptive, AdaptiveConfig):
+            raise ValueError(f"--adaptive.* must be an AdaptiveConfig or a mapping, got {self.adaptive!r}")
+        settings_cli.check_choices(self)
         for name in ("model", "data", "output_dir"):
             if not getattr(self, name):
-                raise ValueError(f"{_flag(name)} is required")
-        _check(self, "learning_rate", self.learning_rate > 0, "must be > 0")
-        _check(self, "scheduler_learning_rate", self.scheduler_learning_rate > 0, "must be > 0")
-        _check(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
-        _check(self, "max_grad_norm", self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)")
-        _check(self, "tau", self.tau > 0, "must be > 0")
-        _check(self, "rank", self.rank >= 1, "must be >= 1")
-        _check(self, "latency_loss_weight", self.latency_loss_weight >= 0, "must be >= 0")
-        _check(self, "warmup_steps", self.warmup_steps >= 0, "must be >= 0")
-        _check(self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
+                raise ValueError(f"{flag(name)} is required")
+        check(self, "learning_rate", self.learning_rate > 0, "must be > 0")
+        check(self, "scheduler_learning_rate", self.scheduler_learning_rate > 0, "must be > 0")
+        check(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
+        check(self, "max_grad_norm", self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)")
+        check(self, "warmup_steps", self.warmup_steps >= 0, "must be >= 0")
+        check(self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "must be in [0, 1)")
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("give either --warmup-steps or --warmup-ratio, not both")
-        _check(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
-        _check(self, "batch_size", self.batch_size >= 1, "must be >= 1")
-        _check(self, "gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1")
-        _check(self, "epochs", math.isfinite(self.epochs) and self.epochs > 0, "must be > 0")
-        _check(self, "max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1")
-        _check(self, "max_length", self.max_length >= 2, "must be >= 2")
-        _check(self, "num_workers", self.num_workers >= 0, "must be >= 0")
-        _check(self, "log_every", self.log_every >= 1, "must be >= 1")
-        _check(self, "save_every", self.save_every >= 0, "must be >= 0 (0: only the final model)")
-        _check(
+        check(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
+        check(self, "batch_size", self.batch_size >= 1, "must be >= 1")
+        check(self, "gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1")
+        check(self, "epochs", math.isfinite(self.epochs) and self.epochs > 0, "must be > 0")
+        check(self, "max_steps", self.max_steps is None or self.max_steps >= 1, "must be >= 1")
+        check(self, "max_length", self.max_length >= 2, "must be >= 2")
+        check(self, "num_workers", self.num_workers >= 0, "must be >= 0")
+        check(self, "log_every", self.log_every >= 1, "must be >= 1")
+        check(self, "save_every", self.save_every >= 0, "must be >= 0 (0: only the final model)")
+        check(
             self,
             "save_total_limit",
             self.save_total_limit is None or self.save_total_limit >= 1,
             "must be >= 1",
         )
-        _check(self, "lora_r", self.lora_r >= 1, "must be >= 1")
-        _check(self, "lora_alpha", self.lora_alpha > 0, "must be > 0")
-        _check(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")
-        _check(
-            self,
-            "num_prefix_layers",
-            self.num_prefix_layers is None or self.num_prefix_layers >= 1,
-            "must be >= 1 (layer 0 always runs)",
-        )
+        check(self, "lora_r", self.lora_r >= 1, "must be >= 1")
+        check(self, "lora_alpha", self.lora_alpha > 0, "must be > 0")
+        check(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")
         if self.stage == "base" and self.lora:
             raise ValueError("--lora applies to the adaptive stage; the base stage trains all parameters")
         # Stage-dependent defaults, resolved once here so that nothing downstream guesses.
@@ -198,160 +185,19 @@ class TrainArgs:
 
     # ---- loading ---------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "arguments") -> TrainArgs:
-        """Build from a mapping of field names (dashes allowed) to values; strings are converted to the
-        field's type (YAML reads `1e-5` as a string). Unknown keys are an error naming the closest key."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        hints = typing.get_type_hints(cls)
-        converted = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{source}: unknown key {key!r}{hint} (known keys: {', '.join(names)})")
-            converted[name] = convert(value, hints[name], name)
-        missing = [f.name for f in dataclasses.fields(cls) if _required(f) and f.name not in converted]
-        if missing:
-            raise ValueError(f"{source}: missing required key(s) {', '.join(missing)}")
-        return cls(**converted)
+    def from_dict(cls, values: Mapping[str, Any], source: str = "arguments") -> TrainArgs:
+        """Build from a mapping of keys (dashes allowed; `adaptive` a nested mapping) to values; strings
+        are converted to the key's type (YAML reads `1e-5` as a string). Unknown keys are an error naming
+        the closest key; old flat adaptive keys (`switches`) one naming their new key."""
+        return settings_cli.build(cls, values, source, moved=MOVED)
 
     @classmethod
     def load(cls, config: str | Path | None = None, **overrides: Any) -> TrainArgs:
-        """Defaults < the YAML file `config` < `overrides` (e.g. from command-line flags)."""
-        values: dict[str, Any] = {}
-        source = "arguments"
-        if config is not None:
-            path = Path(config)
-            if not path.is_file():
-                raise FileNotFoundError(f"--config {path} does not exist")
-            try:
-                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError as error:
-                raise ValueError(f"{path}: not valid YAML: {error}") from None
-            if loaded is not None and not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a mapping of TrainArgs keys, got {type(loaded).__name__}")
-            values = {str(k).replace("-", "_"): v for k, v in (loaded or {}).items()}
-            source = str(path)
-        values.update({k.replace("-", "_"): v for k, v in overrides.items()})
-        return cls.from_dict(values, source)
+        """Defaults < the YAML file `config` < `overrides` (e.g. `adaptive={"rank": 2}`, or flags)."""
+        return settings_cli.load(cls, config, overrides, moved=MOVED)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return settings_cli.to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-# ---- the command line ------------------------------------------------------------------------------
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each dataclass field, by field name (read from the source)."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainArgs) -> None:
-    """One `--field-name` flag per field, help from its docstring. Flags not given stay unset, so a
-    YAML value is overridden only by a flag the user typed."""
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        flag = _flag(field.name)
-        kind = _base_type(hints[field.name])
-        doc = docs.get(field.name, "")
-        if _required(field):
-            doc += " (required)"
-        elif field.default is not None and "default" not in doc:
-            doc += f" (default: {field.default})"
-        kwargs: dict[str, Any] = {
-            "dest": field.name,
-            "default": argparse.SUPPRESS,
-            "help": doc.replace("%", "%%"),
-        }
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            continue
-        if field.name in CHOICES:
-            kwargs["choices"] = CHOICES[field.name]
-        else:
-            kwargs["metavar"] = kind.__name__.upper()
-        parser.add_argument(flag, type=_parser_for(hints[field.name], field.name), **kwargs)
-
-
-def from_namespace(namespace: argparse.Namespace, config: str | Path | None = None) -> TrainArgs:
-    """TrainArgs from parsed flags (only those given) over the YAML file `config`."""
-    names = {f.name for f in dataclasses.fields(TrainArgs)}
-    given = {k: v for k, v in vars(namespace).items() if k in names}
-    return TrainArgs.load(config, **given)
-
-
-def convert(value: Any, hint: Any, name: str) -> Any:
-    """A YAML or command-line value as the field's type; ValueError naming the field otherwise."""
-    optional = type(None) in typing.get_args(hint)
-    kind = _base_type(hint)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ValueError(f"{_flag(name)} may not be empty")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ValueError(f"{_flag(name)} expects true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{_flag(name)} expects an integer, got {value!r}")
-        try:
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{_flag(name)} expects an integer, got {value!r}") from None
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{_flag(name)} expects a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{_flag(name)} expects a number, got {value!r}") from None
-    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        raise ValueError(f"{_flag(name)} expects text, got {value!r}")
-    return str(value)
-
-
-def _parser_for(hint: Any, name: str):
-    def parse(text: str) -> Any:
-        try:
-            return convert(text, hint, name)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-def _base_type(hint: Any) -> type:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
-def _required(field: dataclasses.Field) -> bool:
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check(args: TrainArgs, name: str, ok: bool, requirement: str) -> None:
-    if not ok:
-        raise ValueError(f"{_flag(name)} {requirement}; got {getattr(args, name)!r}")

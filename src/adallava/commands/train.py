@@ -4,7 +4,8 @@
     adallava train --config configs/tiny-adaptive-l.yaml --max-steps 400 --resume latest
     accelerate launch --config_file configs/accelerate/ddp.yaml -m adallava.cli train --config FILE.yaml
 
-Every YAML key is also a flag (`learning_rate` <-> `--learning-rate`); flags override the file.
+Every YAML key is also a flag (`learning_rate` <-> `--learning-rate`; nested keys dotted:
+`adaptive: {switches: head}` <-> `--adaptive.switches head`); flags override the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adallava.train_args import add_arguments, from_namespace
+from adallava import settings_cli
+from adallava.train_args import MOVED, TrainArgs
 
 
 def add_parser(subparsers) -> None:
@@ -28,14 +30,14 @@ def add_parser(subparsers) -> None:
         default=None,
         help="YAML file of training keys (see configs/); flags override it",
     )
-    add_arguments(parser)
+    settings_cli.add_arguments(parser, TrainArgs, moved=MOVED)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from adallava.train import train  # torch / transformers load only when training
 
-    train_args = from_namespace(args, args.config)
+    train_args = settings_cli.from_namespace(TrainArgs, args, args.config, moved=MOVED)
     result = train(train_args)
     print(
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "

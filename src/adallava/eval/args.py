@@ -1,21 +1,24 @@
 """EvalArgs: every setting of `adallava eval`, typed, validated, documented once.
 
-The docstring under each field is its CLI help (`adallava eval --help`); `evaluate(EvalArgs(...))`
-in `adallava.eval.runner` is the same run from Python.
+The docstring under each field is its CLI help (`adallava eval --help`), and a `Literal[...]`
+annotation its choices; `adallava.settings_cli` makes the flags. `evaluate(EvalArgs(...))` in
+`adallava.eval.runner` is the same run from Python.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
+from adallava import settings_cli
+from adallava.core.config import TOKEN_SELECTIONS
 from adallava.data.benchmarks import BENCHMARKS, READERS  # noqa: F401  (re-exported for eval)
 from adallava.eval.protocols import PROTOCOLS
 
 METHODS = ("adaptive", "early-exit", "random", "static", "full")
 DTYPES = ("float32", "bfloat16", "float16")
 PROMPT_FORMATS = ("auto", "chat_template", "llava_v1")
-TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+")
 DEFAULT_BUDGETS = (0.5, 0.6, 0.75, 0.85, 1.0)
 
 
@@ -32,11 +35,11 @@ class EvalArgs:
     """Model folder or bundled name (default: the bundled AdaLLaVA-L): an adallava checkpoint (with
     adaptive_config.json), or a plain HF Llava folder (then only the explicit-plan methods early-exit,
     random, static and full apply). The processor is loaded from the same folder."""
-    benchmarks: tuple[str, ...] = ()
+    benchmarks: tuple[Literal[BENCHMARKS], ...] = ()
     """Benchmarks to evaluate, comma-separated (default: every benchmark of the data)."""
     budgets: tuple[float, ...] = DEFAULT_BUDGETS
     """Budgets, comma-separated fractions of the full decoder-stack prefill FLOPs, each in (0, 1]."""
-    methods: tuple[str, ...] = ("adaptive",)
+    methods: tuple[Literal[METHODS], ...] = ("adaptive",)
     """Plan providers, comma-separated: adaptive, early-exit, random, static, full."""
     batch_size: int = 8
     """Questions per generate call (left padding; results do not depend on it)."""
@@ -48,23 +51,23 @@ class EvalArgs:
     seed: int = 0
     """Seed of the random method's plans (each question's plan depends only on the seed, the benchmark and
     the question)."""
-    protocol: str = "llava"
+    protocol: Literal[PROTOCOLS] = "llava"
     """Scoring protocol: llava (LLaVA-1.5's scripts, MMBench with all option rotations) or lmms-eval."""
     validation: str | None = None
     """Static method: the data (world folder or benchmarks JSON) its plans are chosen on, e.g. a test world
     generated with another seed. Required for --methods static."""
     validation_limit: int | None = None
     """Static method: use only the first N validation questions of each benchmark."""
-    prompt_format: str = "auto"
+    prompt_format: Literal[PROMPT_FORMATS] = "auto"
     """'auto' (the processor's chat template, else llava_v1), 'chat_template' or 'llava_v1'
     (`USER: <image>\\n{prompt} ASSISTANT:`)."""
     pad_to_square: bool = False
     """Pad images to a square with the mean colour first (LLaVA-1.5: image_aspect_ratio pad)."""
-    token_selection: str | None = None
+    token_selection: Literal[TOKEN_SELECTIONS] | None = None
     """Override the model's visual token selection: none, prumerge or prumerge+ (default: the model's)."""
     device: str | None = None
     """Torch device (default: the accelerate process's device: cuda if available, else cpu)."""
-    dtype: str = "float32"
+    dtype: Literal[DTYPES] = "float32"
     """Model weights dtype: float32, bfloat16 or float16."""
     threads: int | None = None
     """CPU threads for torch (default: torch's choice). On a busy CPU, 1 is several times faster for tiny
@@ -78,8 +81,7 @@ class EvalArgs:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
-        _choices(self, "benchmarks", BENCHMARKS)
-        _choices(self, "methods", METHODS)
+        settings_cli.check_choices(self)  # every Literal field: benchmarks, methods, protocol, dtype, ...
         if not self.methods:
             raise ValueError(f"{flag('methods')} needs at least one of {', '.join(METHODS)}")
         if not self.budgets:
@@ -107,14 +109,6 @@ class EvalArgs:
         )
         _check(self, "seed", self.seed >= 0, "must be >= 0")
         _check(self, "threads", self.threads is None or self.threads >= 1, "must be >= 1")
-        if self.token_selection is not None and self.token_selection not in TOKEN_SELECTIONS:
-            raise ValueError(f"{flag('token_selection')} must be one of {', '.join(TOKEN_SELECTIONS)}; "
-                             f"got {self.token_selection!r}")  # fmt: skip
-        for name, allowed in (("protocol", PROTOCOLS), ("dtype", DTYPES), ("prompt_format", PROMPT_FORMATS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{flag(name)} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
-                )
         if "static" in self.methods and not self.validation:
             raise ValueError(
                 "--methods static chooses its plans on validation data: give --validation, e.g. a test world "
@@ -122,20 +116,8 @@ class EvalArgs:
             )
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+flag = settings_cli.flag
 
 
 def _check(args: EvalArgs, name: str, ok: bool, requirement: str) -> None:
-    if not ok:
-        raise ValueError(f"{flag(name)} {requirement}; got {getattr(args, name)!r}")
-
-
-def _choices(args: EvalArgs, name: str, allowed: tuple[str, ...]) -> None:
-    values = getattr(args, name)
-    if isinstance(values, str):
-        raise ValueError(f"{flag(name)} must be a tuple of names, got the string {values!r}")
-    object.__setattr__(args, name, tuple(values))
-    for value in values:
-        if value not in allowed:
-            raise ValueError(f"{flag(name)} must be among {', '.join(allowed)}; got {value!r}")
+    settings_cli.check(args, name, ok, requirement)
