@@ -1,4 +1,5 @@
-"""Plots (adallava.viz) on small synthetic results, and the latency-token attention on a tiny model."""
+"""Plots (adallava.report.plots) on small synthetic results, and the latency-token attention
+(adallava.inference.attention) on a tiny model."""
 
 import argparse
 import json
@@ -12,6 +13,7 @@ pytest.importorskip("matplotlib")
 
 from adallava.core.config import AdaptiveConfig
 from adallava.engine.llava import AdaLlava
+from adallava.inference.attention import latency_token_attention
 from adallava.report import plots as viz
 from adallava.testing import tiny_inputs, tiny_llava  # noqa: E402
 
@@ -170,30 +172,30 @@ def eager_ada():
 def test_latency_token_attention_rows_cover_the_image_tokens(eager_ada):
     config = eager_ada.config
     right = tiny_inputs(config, [5, 3, 7], padding_side="right")
-    attention = viz.latency_token_attention(eager_ada, right, budget=[0.5, 0.75, 1.0])
+    attention = latency_token_attention(eager_ada, right, budget=[0.5, 0.75, 1.0])
     assert attention.shape == (3, config.image_seq_length) and attention.dtype == torch.float32
     assert bool((attention >= 0).all()) and bool((attention.sum(-1) <= 1 + 1e-5).all())
     assert bool((attention.sum(-1) > 0).all())
     # left padding moves the image tokens; the same rows give the same attention
     left = tiny_inputs(config, [5, 3, 7], padding_side="left")
-    torch.testing.assert_close(viz.latency_token_attention(eager_ada, left, [0.5, 0.75, 1.0]), attention)
+    torch.testing.assert_close(latency_token_attention(eager_ada, left, [0.5, 0.75, 1.0]), attention)
     # one row alone: the same as in the batch
     length = int(right["attention_mask"][0].sum())
     single = {key: value[:1, :length] if key != "pixel_values" else value[:1] for key, value in right.items()}
-    torch.testing.assert_close(viz.latency_token_attention(eager_ada, single, 0.5), attention[:1])
+    torch.testing.assert_close(latency_token_attention(eager_ada, single, 0.5), attention[:1])
     # an earlier prefix layer gives another map
-    assert not torch.allclose(viz.latency_token_attention(eager_ada, right, 1.0, layer=0), attention)
+    assert not torch.allclose(latency_token_attention(eager_ada, right, 1.0, layer=0), attention)
 
 
 def test_latency_token_attention_refuses_what_it_cannot_measure(eager_ada):
     inputs = tiny_inputs(eager_ada.config, [4])
     with pytest.raises(ValueError, match="prefix layer"):
-        viz.latency_token_attention(eager_ada, inputs, 1.0, layer=eager_ada.num_prefix)
+        latency_token_attention(eager_ada, inputs, 1.0, layer=eager_ada.num_prefix)
     with pytest.raises(ValueError, match="budget is required"):
-        viz.latency_token_attention(eager_ada, inputs, None)
+        latency_token_attention(eager_ada, inputs, None)
     sdpa = AdaLlava.from_base(tiny_llava(seed=0, attn_implementation="sdpa"))
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        viz.latency_token_attention(sdpa, inputs, 1.0)
+        latency_token_attention(sdpa, inputs, 1.0)
 
 
 def test_plot_command_writes_the_plots_of_a_results_folder(tmp_path, capsys):

@@ -83,7 +83,8 @@ def _attention(args: argparse.Namespace) -> int:
     from transformers import AutoProcessor
 
     from adallava.engine.llava import AdaLlava
-    from adallava.report.plots import latency_token_attention, plot_latency_attention
+    from adallava.inference.attention import latency_token_attention
+    from adallava.report.plots import plot_latency_attention
 
     model = AdaLlava.from_pretrained(args.attention, attn_implementation="eager")
     processor = AutoProcessor.from_pretrained(args.attention)

@@ -10,8 +10,9 @@ in their metadata and a fixed SVG id salt.
   model as a star (paper Fig. 3, 6);
 - `plot_plan_heatmap` / `plot_head_usage`: execution plans over inputs at one budget (Fig. 5), and
   head/neuron-group usage per layer for head switches;
-- `latency_token_attention` + `plot_latency_attention`: the latency token's attention over the
-  image patches at the last prefix layer, over the image (Fig. 4, 10);
+- `plot_latency_attention`: the latency token's attention over the image patches at the last
+  prefix layer, over the image (Fig. 4, 10), as `adallava.inference.attention.latency_token_attention`
+  measures it (plots never run the model);
 - `plot_budget_adherence`: cost used per budget and violation rate per scheduler (Table 2).
 """
 
@@ -30,9 +31,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-
-from adallava.engine import hf_compat
-from adallava.modules.latency import insert_at
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -164,48 +162,12 @@ def plot_accuracy_vs_flops(
     curves: dict[tuple[str, str], list[Mapping]] = {}
     for row in chosen:
         curves.setdefault(series_key(row), []).append(row)
-    order = sorted(curves, key=lambda key: (key[0], _method_rank(key[1])))
-
-    stars: dict[tuple[float, float], list[str]] = {}  # the full model: one star per distinct point
-    labels: dict[tuple[float, float], tuple[float, str, int]] = {}  # (x, budget) -> lowest (y, colour, n)
     with _style():
         figure = _figure(8.6, 4.6)
         axes = figure.add_subplot()
-        colour_index = 0
-        for model, method in order:
-            points = sorted(curves[model, method], key=lambda row: float(row["budget"]))
-            x = [float(row[flops]) / scale for row in points]
-            y = [float(row["score"]) for row in points]
-            if method == "full":
-                for xi, yi in zip(x, y, strict=True):
-                    stars.setdefault((round(xi, 9), round(yi, 9)), []).append(model)
-                continue
-            colour = PALETTE[colour_index % (len(PALETTE) - 1)]  # black is kept for the full model
-            colour_index += 1
-            style = models.index(model)
-            axes.plot(
-                x, y, color=colour, linestyle=LINESTYLES[style % len(LINESTYLES)],
-                marker=MARKERS[_method_rank(method)[0] % len(MARKERS)], markersize=6, linewidth=1.8,
-                label=_label(names[model], method_label(method), show_model),
-            )  # fmt: skip
-            for xi, yi, row in zip(x, y, points, strict=True):
-                key = (round(xi, 9), float(row["budget"]))
-                low, low_colour, count = labels.get(key, (math.inf, colour, 0))
-                labels[key] = (yi, colour, count + 1) if yi < low else (low, low_colour, count + 1)
-        for index, ((xi, yi), models_at) in enumerate(sorted(stars.items())):
-            who = ", ".join(names[model] for model in models_at if model)
-            axes.scatter(
-                [xi], [yi], marker="*", s=280, zorder=4, color=PALETTE[-1] if index == 0 else "#777777",
-                edgecolors="white", linewidths=0.8,
-                label=f"{method_label('full')} ({who})" if show_model and who and len(stars) > 1
-                else method_label("full"),
-            )  # fmt: skip
-        # Budgets under their markers; where several curves share a point's FLOPs and budget, once.
-        for (xi, budget), (yi, colour, count) in sorted(labels.items()):
-            axes.annotate(
-                _budget_text(budget), (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8,
-                color="#444444" if count > 1 else colour,
-            )  # fmt: skip
+        stars, labels = _draw_curves(axes, curves, models, names, show_model, flops, scale)
+        _draw_full_model(axes, stars, names, show_model)
+        _label_budgets(axes, labels)
         what = "prefill FLOPs per sample" if flops == "total_flops" else "LLM prefill FLOPs per sample"
         axes.set_xlabel(f"Mean {what} ({prefix}FLOPs)")
         axes.set_ylabel("Score (0-100)")
@@ -215,6 +177,66 @@ def plot_accuracy_vs_flops(
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save_figure(figure, out_path)
     return figure
+
+
+def _draw_curves(
+    axes,
+    curves: Mapping[tuple[str, str], list[Mapping]],
+    models: list[str],
+    names: Mapping[str, str],
+    show_model: bool,
+    flops: str,
+    scale: float,
+) -> tuple[dict, dict]:
+    """One line per (model, method) but "full", through its budgets. Returns the full model's points
+    {(x, y): [models]} (drawn as stars) and the budget labels {(x, budget): (lowest y, colour, n)}."""
+    stars: dict[tuple[float, float], list[str]] = {}
+    labels: dict[tuple[float, float], tuple[float, str, int]] = {}
+    colour_index = 0
+    for model, method in sorted(curves, key=lambda key: (key[0], _method_rank(key[1]))):
+        points = sorted(curves[model, method], key=lambda row: float(row["budget"]))
+        x = [float(row[flops]) / scale for row in points]
+        y = [float(row["score"]) for row in points]
+        if method == "full":
+            for xi, yi in zip(x, y, strict=True):
+                stars.setdefault((round(xi, 9), round(yi, 9)), []).append(model)
+            continue
+        colour = PALETTE[colour_index % (len(PALETTE) - 1)]  # black is kept for the full model
+        colour_index += 1
+        style = models.index(model)
+        axes.plot(
+            x, y, color=colour, linestyle=LINESTYLES[style % len(LINESTYLES)],
+            marker=MARKERS[_method_rank(method)[0] % len(MARKERS)], markersize=6, linewidth=1.8,
+            label=_label(names[model], method_label(method), show_model),
+        )  # fmt: skip
+        for xi, yi, row in zip(x, y, points, strict=True):
+            key = (round(xi, 9), float(row["budget"]))
+            low, low_colour, count = labels.get(key, (math.inf, colour, 0))
+            labels[key] = (yi, colour, count + 1) if yi < low else (low, low_colour, count + 1)
+    return stars, labels
+
+
+def _draw_full_model(
+    axes, stars: Mapping[tuple[float, float], list[str]], names: Mapping[str, str], show_model: bool
+) -> None:
+    """The full model: one star per distinct point, the first black, the others grey."""
+    for index, ((xi, yi), models_at) in enumerate(sorted(stars.items())):
+        who = ", ".join(names[model] for model in models_at if model)
+        axes.scatter(
+            [xi], [yi], marker="*", s=280, zorder=4, color=PALETTE[-1] if index == 0 else "#777777",
+            edgecolors="white", linewidths=0.8,
+            label=f"{method_label('full')} ({who})" if show_model and who and len(stars) > 1
+            else method_label("full"),
+        )  # fmt: skip
+
+
+def _label_budgets(axes, labels: Mapping[tuple[float, float], tuple[float, str, int]]) -> None:
+    """Budgets under their markers; where several curves share a point's FLOPs and budget, once."""
+    for (xi, budget), (yi, colour, count) in sorted(labels.items()):
+        axes.annotate(
+            _budget_text(budget), (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8,
+            color="#444444" if count > 1 else colour,
+        )  # fmt: skip
 
 
 # ---- execution plans (Fig. 5) ----------------------------------------------------------------------
@@ -235,32 +257,10 @@ def plot_plan_heatmap(
     Writes PNG + SVG; returns the figure (`axes[0].images[0]`: the [rows, layers] grid, in the
     drawn order).
     """
-    grid = np.asarray(plans.cpu() if isinstance(plans, torch.Tensor) else plans)
-    if grid.ndim != 2 or grid.size == 0:
-        raise ValueError(f"plans must be a non-empty [inputs, layers] array, got shape {grid.shape}")
+    grid = _plan_grid(plans, labels, num_prefix_layers)
     boolean = grid.dtype == bool
-    if not boolean and (np.nanmin(grid) < 0 or np.nanmax(grid) > 1):
-        raise ValueError("usage plans must be frequencies in [0, 1]")
     rows, layers = grid.shape
-    if labels is not None and len(labels) != rows:
-        raise ValueError(f"labels has {len(labels)} entries for {rows} plan rows")
-    if num_prefix_layers is not None and not 0 <= num_prefix_layers <= layers:
-        raise ValueError(f"num_prefix_layers must be in [0, {layers}], got {num_prefix_layers}")
-    ticks: list[tuple[float, str]] = []
-    boundaries: list[int] = []
-    if labels is not None and boolean:
-        order = sorted(range(rows), key=lambda i: str(labels[i]))  # stable: inputs keep their order
-        grid = grid[order]
-        names = [str(labels[i]) for i in order]
-        start = 0
-        for i in range(1, rows + 1):
-            if i == rows or names[i] != names[start]:
-                ticks.append(((start + i - 1) / 2, f"{names[start]} ({i - start})"))
-                if i < rows:
-                    boundaries.append(i)
-                start = i
-    elif labels is not None:
-        ticks = [(i, str(label)) for i, label in enumerate(labels)]
+    grid, ticks, boundaries = _group_rows(grid, labels, boolean)
     values = np.ma.masked_array(grid.astype(float), mask=np.zeros_like(grid, dtype=bool))
     if num_prefix_layers:
         values.mask[:, :num_prefix_layers] = True
@@ -274,25 +274,9 @@ def plot_plan_heatmap(
         figure = _figure(max(6.4, 0.34 * layers + 3.6), height)
         axes = figure.add_subplot()
         image = axes.imshow(values, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        for boundary in boundaries:
-            axes.axhline(boundary - 0.5, color="white", linewidth=2)
-        if num_prefix_layers:
-            axes.axvline(num_prefix_layers - 0.5, color="black", linewidth=1)
-        axes.set_xlabel("Decoder layer")
-        step = max(1, math.ceil(layers / 16))
-        axes.set_xticks(range(0, layers, step))
-        if ticks:
-            axes.set_yticks([t for t, _ in ticks], [name for _, name in ticks])
-            axes.set_ylabel("Task family (inputs)" if boolean else "")
-        else:
-            axes.set_ylabel("Input")
+        _draw_plan_axes(axes, layers, ticks, boundaries, num_prefix_layers, boolean)
         if boolean:
-            handles = [Patch(color=PLAN_ON, label="runs"), Patch(color=PLAN_OFF, label="skipped")]
-            if num_prefix_layers:
-                handles.insert(
-                    0, Patch(color=PREFIX, label=f"prefix 0-{num_prefix_layers - 1} (always runs)")
-                )
-            axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            _plan_legend(axes, num_prefix_layers)
         else:
             figure.colorbar(image, ax=axes, label="Share of inputs running it")
             _annotate_cells(axes, values)
@@ -300,6 +284,77 @@ def plot_plan_heatmap(
         axes.set_title(title or f"Execution plans{at}")
     save_figure(figure, out_path)
     return figure
+
+
+def _plan_grid(plans, labels: Sequence[str] | None, num_prefix_layers: int | None) -> np.ndarray:
+    """`plans` as a checked [rows, layers] array: bool plans, or usage frequencies in [0, 1]."""
+    grid = np.asarray(plans.cpu() if isinstance(plans, torch.Tensor) else plans)
+    if grid.ndim != 2 or grid.size == 0:
+        raise ValueError(f"plans must be a non-empty [inputs, layers] array, got shape {grid.shape}")
+    if grid.dtype != bool and (np.nanmin(grid) < 0 or np.nanmax(grid) > 1):
+        raise ValueError("usage plans must be frequencies in [0, 1]")
+    rows, layers = grid.shape
+    if labels is not None and len(labels) != rows:
+        raise ValueError(f"labels has {len(labels)} entries for {rows} plan rows")
+    if num_prefix_layers is not None and not 0 <= num_prefix_layers <= layers:
+        raise ValueError(f"num_prefix_layers must be in [0, {layers}], got {num_prefix_layers}")
+    return grid
+
+
+def _group_rows(
+    grid: np.ndarray, labels: Sequence[str] | None, boolean: bool
+) -> tuple[np.ndarray, list[tuple[float, str]], list[int]]:
+    """(grid in drawn order, y ticks [(position, name)], rows where a new group starts). Bool plans
+    are grouped by label (stable: inputs keep their order), each group ticked "name (count)"; usage
+    rows keep their order, one tick each."""
+    ticks: list[tuple[float, str]] = []
+    boundaries: list[int] = []
+    if labels is not None and boolean:
+        rows = len(grid)
+        order = sorted(range(rows), key=lambda i: str(labels[i]))  # stable: inputs keep their order
+        grid = grid[order]
+        names = [str(labels[i]) for i in order]
+        start = 0
+        for i in range(1, rows + 1):
+            if i == rows or names[i] != names[start]:
+                ticks.append(((start + i - 1) / 2, f"{names[start]} ({i - start})"))
+                if i < rows:
+                    boundaries.append(i)
+                start = i
+    elif labels is not None:
+        ticks = [(i, str(label)) for i, label in enumerate(labels)]
+    return grid, ticks, boundaries
+
+
+def _draw_plan_axes(
+    axes,
+    layers: int,
+    ticks: Sequence[tuple[float, str]],
+    boundaries: Sequence[int],
+    num_prefix_layers: int | None,
+    boolean: bool,
+) -> None:
+    """Group separators, the prefix line, and the axis labels and ticks of a plan heatmap."""
+    for boundary in boundaries:
+        axes.axhline(boundary - 0.5, color="white", linewidth=2)
+    if num_prefix_layers:
+        axes.axvline(num_prefix_layers - 0.5, color="black", linewidth=1)
+    axes.set_xlabel("Decoder layer")
+    step = max(1, math.ceil(layers / 16))
+    axes.set_xticks(range(0, layers, step))
+    if ticks:
+        axes.set_yticks([t for t, _ in ticks], [name for _, name in ticks])
+        axes.set_ylabel("Task family (inputs)" if boolean else "")
+    else:
+        axes.set_ylabel("Input")
+
+
+def _plan_legend(axes, num_prefix_layers: int | None) -> None:
+    """The legend of bool plans: runs, skipped and (when shaded) the always-run prefix."""
+    handles = [Patch(color=PLAN_ON, label="runs"), Patch(color=PLAN_OFF, label="skipped")]
+    if num_prefix_layers:
+        handles.insert(0, Patch(color=PREFIX, label=f"prefix 0-{num_prefix_layers - 1} (always runs)"))
+    axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
 
 
 def plot_head_usage(
@@ -352,56 +407,6 @@ def _annotate_cells(axes, values: np.ma.MaskedArray, limit: int = 256) -> None:
 
 
 # ---- latency-token attention (Fig. 4 / 10) -------------------------------------------------------
-@torch.no_grad()
-def latency_token_attention(model, inputs: Mapping[str, torch.Tensor], budget, layer: int | None = None):
-    """Attention from each row's latency token to its image tokens, averaged over heads.
-
-    model: an `AdaLlava` whose text model runs eager attention (load it with
-    `attn_implementation="eager"`; SDPA and flash kernels never form the weights). inputs: the
-    processor's batch (input_ids, attention_mask, pixel_values). budget: as for `model(...)`.
-    layer: a prefix layer in [0, P-1]; default P-1, whose output the scheduler reads. Upper layers
-    are refused: rows that skip them have no attention there.
-    Returns float32 [B, image tokens] (CPU), each row summing to <= 1 (the rest goes to text tokens).
-    """
-    if budget is None:
-        raise ValueError("budget is required: the latency token exists only when a budget is given")
-    prefix = model.num_prefix
-    layer = prefix - 1 if layer is None else layer
-    if not 0 <= layer < prefix:
-        raise ValueError(f"layer must be a prefix layer in [0, {prefix - 1}], got {layer}")
-    attention = model.text_model.layers[layer].self_attn
-    implementation = hf_compat.attention_implementation(attention.config)
-    if implementation != "eager":
-        raise ValueError(
-            f"the model's text attention is {implementation!r}, which returns no attention weights; load it "
-            "with attn_implementation='eager'"
-        )
-    input_ids = inputs["input_ids"]
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args, output):  # eager attention returns (attn_output, attn_weights [B, H, T, T])
-        captured.append(hf_compat.attention_weights(output).detach())
-
-    handle = attention.register_forward_hook(hook)
-    try:
-        out = model(**inputs, budget=budget, use_cache=False)
-    finally:
-        handle.remove()
-    if len(captured) != 1 or captured[0] is None:
-        raise RuntimeError(f"expected one attention map from layer {layer}, got {len(captured)}")
-    weights = captured[0].float()  # [B, H, T+1, T+1]
-    positions = out.latency_positions.to(weights.device)  # [B]
-    rows = torch.arange(weights.shape[0], device=weights.device)
-    from_latency = weights[rows, :, positions].mean(1)  # [B, T+1]: over keys, averaged over heads
-    # The latency token was inserted after the prompt; image tokens before it keep their indices,
-    # and inserting a False there keeps the mask aligned in every case.
-    is_image = insert_at(input_ids == model.config.image_token_id, out.latency_positions, False)
-    counts = is_image.sum(-1)
-    if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
-        raise ValueError(f"every row needs the same, non-zero number of image tokens; got {counts.tolist()}")
-    return from_latency[is_image.to(weights.device)].view(len(rows), int(counts[0])).cpu()  # [B, I]
-
-
 def plot_latency_attention(
     image,
     attention,

@@ -207,25 +207,48 @@ def write_plots(
     out_dir = Path(out_dir)
     written: dict[str, list[Path]] = {"accuracy": [], "models": [], "adherence": [], "usage": [], "plans": []}
     for benchmark in benchmarks_of(rows):
-        path = out_dir / f"accuracy_{_safe(benchmark)}.png"
-        viz.plot_accuracy_vs_flops(rows, benchmark, path, flops=flops)
-        written["accuracy"].append(path)
-        adaptive_models = {
-            _model(r) for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"
-        }
-        if len(adaptive_models) > 1:
-            chosen = [r for r in rows if r["method"] in ("adaptive", "full")]
-            path = out_dir / f"models_{_safe(benchmark)}.png"
-            title = f"{BENCHMARK_NAMES.get(benchmark, benchmark)}: models compared (point labels: budget)"
-            viz.plot_accuracy_vs_flops(chosen, benchmark, path, flops=flops, title=title)
-            written["models"].append(path)
-    if any(r["method"] == "adaptive" for r in rows):
-        try:
-            path = out_dir / "adherence.png"
-            viz.plot_budget_adherence(rows, path)
-            written["adherence"].append(path)
-        except ValueError:
-            pass  # no budget_use, full_llm_flops or full row: nothing to measure the use against
+        accuracy, models = _accuracy_plots(rows, benchmark, out_dir, flops)
+        written["accuracy"] += accuracy
+        written["models"] += models
+    written["adherence"] = _adherence_plot(rows, out_dir)
+    written["usage"] = _usage_plots(rows, out_dir)
+    for file in plans:
+        written["plans"] += _plan_file_plots(file, out_dir)
+    return written
+
+
+def _accuracy_plots(
+    rows: Sequence[Mapping], benchmark: str, out_dir: Path, flops: str
+) -> tuple[list[Path], list[Path]]:
+    """`accuracy_<benchmark>.png` (every row), and `models_<benchmark>.png` (adaptive + full rows)
+    when several models were evaluated adaptively on the benchmark."""
+    path = out_dir / f"accuracy_{_safe(benchmark)}.png"
+    viz.plot_accuracy_vs_flops(rows, benchmark, path, flops=flops)
+    adaptive_models = {_model(r) for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"}
+    if len(adaptive_models) <= 1:
+        return [path], []
+    chosen = [r for r in rows if r["method"] in ("adaptive", "full")]
+    models_path = out_dir / f"models_{_safe(benchmark)}.png"
+    title = f"{BENCHMARK_NAMES.get(benchmark, benchmark)}: models compared (point labels: budget)"
+    viz.plot_accuracy_vs_flops(chosen, benchmark, models_path, flops=flops, title=title)
+    return [path], [models_path]
+
+
+def _adherence_plot(rows: Sequence[Mapping], out_dir: Path) -> list[Path]:
+    """`adherence.png` when there are adaptive rows and a way to price them."""
+    if not any(r["method"] == "adaptive" for r in rows):
+        return []
+    path = out_dir / "adherence.png"
+    try:
+        viz.plot_budget_adherence(rows, path)
+    except ValueError:
+        return []  # no budget_use, full_llm_flops or full row: nothing to measure the use against
+    return [path]
+
+
+def _usage_plots(rows: Sequence[Mapping], out_dir: Path) -> list[Path]:
+    """`usage_<model>.png` per adaptive model whose rows carry layer usage: budgets x layers."""
+    written = []
     adaptive = sorted({_model(r) for r in rows if r["method"] == "adaptive"})
     names = short_names(adaptive)
     for model in adaptive:
@@ -237,27 +260,32 @@ def write_plots(
                 np.array([usage[b] for b in budgets]), [f"budget {b:g}" for b in budgets], path,
                 title=f"{names[model] or 'Adaptive model'}: layer usage per budget (all benchmarks)",
             )  # fmt: skip
-            written["usage"].append(path)
-    for file in plans:
-        plan = load_plan_file(file)
-        name = _safe(Path(file).stem.removeprefix("plans_"))
-        who = " ".join(part for part in (plan.model, plan.benchmark) if part)
-        title = f"{who + ': ' if who else ''}execution plans at budget {plan.budget:g}"
-        path = out_dir / f"plans_{name}.png"
-        grid = np.array(plan.layers, dtype=bool)
-        viz.plot_plan_heatmap(grid, plan.families, path, plan.num_prefix_layers, plan.budget, title)
-        written["plans"].append(path)
-        if plan.families is not None:
-            families = sorted(set(plan.families))
-            usage = np.array([grid[[f == family for f in plan.families]].mean(0) for family in families])
-            path = out_dir / f"plans_{name}_families.png"
-            share = title + " (share per family)"
-            viz.plot_plan_heatmap(usage, families, path, plan.num_prefix_layers, plan.budget, share)
-            written["plans"].append(path)
-        if plan.heads is not None:
-            path = out_dir / f"heads_{name}.png"
-            viz.plot_head_usage(np.array(plan.heads, dtype=bool), path, plan.num_prefix_layers, plan.budget)
-            written["plans"].append(path)
+            written.append(path)
+    return written
+
+
+def _plan_file_plots(file: str | Path, out_dir: Path) -> list[Path]:
+    """The heatmaps of one `plans_<name>.json`: `plans_<name>.png` (per input),
+    `plans_<name>_families.png` (per family, with families) and `heads_<name>.png` (with heads)."""
+    plan = load_plan_file(file)
+    name = _safe(Path(file).stem.removeprefix("plans_"))
+    who = " ".join(part for part in (plan.model, plan.benchmark) if part)
+    title = f"{who + ': ' if who else ''}execution plans at budget {plan.budget:g}"
+    path = out_dir / f"plans_{name}.png"
+    grid = np.array(plan.layers, dtype=bool)
+    viz.plot_plan_heatmap(grid, plan.families, path, plan.num_prefix_layers, plan.budget, title)
+    written = [path]
+    if plan.families is not None:
+        families = sorted(set(plan.families))
+        usage = np.array([grid[[f == family for f in plan.families]].mean(0) for family in families])
+        path = out_dir / f"plans_{name}_families.png"
+        share = title + " (share per family)"
+        viz.plot_plan_heatmap(usage, families, path, plan.num_prefix_layers, plan.budget, share)
+        written.append(path)
+    if plan.heads is not None:
+        path = out_dir / f"heads_{name}.png"
+        viz.plot_head_usage(np.array(plan.heads, dtype=bool), path, plan.num_prefix_layers, plan.budget)
+        written.append(path)
     return written
 
 
@@ -383,7 +411,16 @@ def render_report(
         table2_benchmark = benchmarks[0]
     elif table2_benchmark not in benchmarks:
         raise ValueError(f"--table2-benchmark {table2_benchmark!r} is not among the results' {benchmarks}")
-    parts = [
+    parts = _main_section(rows, folders, out)
+    parts += _scheduler_section(rows, table2_benchmark)
+    parts += _plot_sections(plots, out)
+    parts += _how_produced(folders, out, command)
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _main_section(rows: Sequence[Mapping], folders: Sequence[ResultsDir], out: Path) -> list[str]:
+    """The title, what the numbers mean, the folders, then the Table 1/3-style table."""
+    return [
         "# Results",
         "<!-- Generated by `adallava report`; edit the results folders or the generator, not this file. -->",
         "Scores are each benchmark's primary metric on a 0-100 scale, on the evaluated split; FLOPs are "
@@ -397,29 +434,46 @@ def render_report(
         "FLOPs: the mean over the line's benchmarks, weighted by their sample counts.",
         main_table(rows),
     ]
-    table2 = scheduler_table(rows, table2_benchmark)
-    if table2:
-        name = BENCHMARK_NAMES.get(table2_benchmark, table2_benchmark)
-        parts += [
-            "## Schedulers across budgets (Table 2 style)",
-            f"Probabilistic (AdaLLaVA) vs deterministic scheduler on {name}: score, mean prefill FLOPs per "
-            "sample and samples whose plan cost more than their budget (**bold** when any). The `All` "
-            "columns pool every benchmark: the mean over samples of LLM prefill FLOPs / (budget x the "
-            "full model's), below 1 for under-use, and the samples over budget.",
-            table2,
-        ]
-    sections = (
-        ("accuracy", "Accuracy vs FLOPs (Fig. 3 style: adaptive vs early exit and the other baselines)"),
-        ("models", "Models compared (Fig. 6 style: AdaLLaVA-L vs AdaLLaVA-H)"),
-        ("adherence", "Budget adherence"),
-        ("usage", "Layer usage per budget"),
-        ("plans", "Execution plans (Fig. 5 style)"),
-    )
-    for key, title in sections:
+
+
+def _scheduler_section(rows: Sequence[Mapping], benchmark: str) -> list[str]:
+    """The Table 2-style section on one benchmark, or nothing without adaptive rows there."""
+    table2 = scheduler_table(rows, benchmark)
+    if not table2:
+        return []
+    name = BENCHMARK_NAMES.get(benchmark, benchmark)
+    return [
+        "## Schedulers across budgets (Table 2 style)",
+        f"Probabilistic (AdaLLaVA) vs deterministic scheduler on {name}: score, mean prefill FLOPs per "
+        "sample and samples whose plan cost more than their budget (**bold** when any). The `All` "
+        "columns pool every benchmark: the mean over samples of LLM prefill FLOPs / (budget x the "
+        "full model's), below 1 for under-use, and the samples over budget.",
+        table2,
+    ]
+
+
+PLOT_SECTIONS = (
+    ("accuracy", "Accuracy vs FLOPs (Fig. 3 style: adaptive vs early exit and the other baselines)"),
+    ("models", "Models compared (Fig. 6 style: AdaLLaVA-L vs AdaLLaVA-H)"),
+    ("adherence", "Budget adherence"),
+    ("usage", "Layer usage per budget"),
+    ("plans", "Execution plans (Fig. 5 style)"),
+)
+
+
+def _plot_sections(plots: Mapping[str, Sequence[Path]], out: Path) -> list[str]:
+    """One section per kind of plot that was drawn: its heading, then its images (relative links)."""
+    parts = []
+    for key, title in PLOT_SECTIONS:
         images = plots.get(key) or []
         if images:
             parts.append(f"## {title}")
             parts.append("\n\n".join(f"![{p.stem}]({_relative(p, out)})" for p in images))
+    return parts
+
+
+def _how_produced(folders: Sequence[ResultsDir], out: Path, command: str | None) -> list[str]:
+    """Per folder, the commands that made it; then the command that made the report."""
     how = ["## How these were produced"]
     for folder in folders:
         how.append(f"`{_relative(folder.path, out)}`:")
@@ -429,8 +483,7 @@ def render_report(
             how.append(f"(no {META_FILE} or {COMMANDS_FILE} in the folder)")
     if command:
         how += ["This file and its plots:", f"```bash\n{command}\n```"]
-    parts += how
-    return "\n\n".join(part for part in parts if part) + "\n"
+    return how
 
 
 # ---- formatting ------------------------------------------------------------------------------------
