@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from adallava.eval import scoring
 from adallava.eval.protocols import PROTOCOLS
@@ -24,7 +24,73 @@ TITLES = {
 }
 
 
+class Benchmark(NamedTuple):
+    """One `adallava score` subcommand: its help, how it scores, and its own flags (after the shared
+    --json and --protocol)."""
+
+    help: str
+    run: Callable[[argparse.Namespace], Any]
+    arguments: list[tuple[str, dict[str, Any]]]
+
+
+def _path(flag: str, help_text: str) -> tuple[str, dict[str, Any]]:
+    """A required path argument: `--flag PATH`."""
+    return flag, {"type": Path, "required": True, "help": help_text}
+
+
+ANSWERS = "LLaVA answers jsonl"
+BENCHMARKS: dict[str, Benchmark] = {
+    "vqav2": Benchmark(
+        "VQAv2 accuracy (EvalAI answer processing + official vqaEval.py)",
+        lambda a: scoring.score_vqav2_files(a.questions, a.annotations, a.predictions, a.protocol),
+        [
+            _path("--questions", "v2_OpenEnded_mscoco_<split>_questions.json"),
+            _path("--annotations", "v2_mscoco_<split>_annotations.json"),
+            _path("--predictions", "results JSON [{question_id, answer}]"),
+        ],
+    ),
+    "textvqa": Benchmark(
+        "TextVQA accuracy (LLaVA's m4c evaluator)",
+        lambda a: scoring.score_textvqa_files(a.annotations, a.predictions, a.protocol),
+        [_path("--annotations", "TextVQA_0.5.1_val.json"), _path("--predictions", ANSWERS)],
+    ),
+    "pope": Benchmark(
+        "POPE accuracy / precision / recall / F1 / yes-ratio per category (LLaVA's eval_pope.py)",
+        lambda a: scoring.score_pope_files(a.questions, a.annotation_dir, a.predictions, a.protocol),
+        [
+            _path("--questions", "LLaVA's llava_pope_test.jsonl"),
+            _path("--annotation-dir", "folder of coco_pope_<category>.json"),
+            _path("--predictions", ANSWERS),
+        ],
+    ),
+    "mme": Benchmark(
+        "MME perception / cognition scores (official eval_tool/calculation.py)",
+        lambda a: scoring.score_mme_dir(a.results_dir, a.protocol),
+        [_path("--results-dir", "folder of <subtask>.txt: image, question, truth, prediction")],
+    ),
+    "scienceqa": Benchmark(
+        "ScienceQA-IMG accuracy (LLaVA's eval_science_qa.py letter parsing)",
+        lambda a: scoring.score_scienceqa_files(a.problems, a.split_file, a.predictions, a.protocol, a.split),
+        [
+            _path("--problems", "problems.json"),
+            _path("--split-file", "pid_splits.json"),
+            ("--split", {"default": "test", "help": "split to score (default: test)"}),
+            _path("--predictions", ANSWERS),
+        ],
+    ),
+    "mmbench": Benchmark(
+        "MMBench circular accuracy with rule-based option matching",
+        lambda a: scoring.score_mmbench_files(a.data, a.predictions, a.protocol),
+        [
+            _path("--data", "MMBench TSV (e.g. mmbench_dev_20230712.tsv)"),
+            _path("--predictions", "LLaVA answers jsonl (question_id, round_id)"),
+        ],
+    ),
+}
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """`adallava score BENCHMARK`: one subcommand per entry of BENCHMARKS."""
     parser = subparsers.add_parser(
         "score",
         help="score existing predictions in the official benchmark formats",
@@ -32,75 +98,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(--protocol llava) or lmms-eval's (--protocol lmms-eval). See docs/benchmarks.md.",
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-
-    def add(name: str, help_text: str, run: Callable[[argparse.Namespace], Any]) -> argparse.ArgumentParser:
-        sub = benchmarks.add_parser(name, help=help_text, description=help_text)
+    for name, benchmark in BENCHMARKS.items():
+        sub = benchmarks.add_parser(name, help=benchmark.help, description=benchmark.help)
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
         sub.add_argument(
             "--protocol", choices=PROTOCOLS, default="llava", help="scoring protocol (default: llava)"
         )
-        sub.set_defaults(func=_runner(name, run))
-        return sub
-
-    sub = add(
-        "vqav2",
-        "VQAv2 accuracy (EvalAI answer processing + official vqaEval.py)",
-        lambda a: scoring.score_vqav2_files(a.questions, a.annotations, a.predictions, a.protocol),
-    )
-    sub.add_argument(
-        "--questions", type=Path, required=True, help="v2_OpenEnded_mscoco_<split>_questions.json"
-    )
-    sub.add_argument("--annotations", type=Path, required=True, help="v2_mscoco_<split>_annotations.json")
-    sub.add_argument("--predictions", type=Path, required=True, help="results JSON [{question_id, answer}]")
-
-    sub = add(
-        "textvqa",
-        "TextVQA accuracy (LLaVA's m4c evaluator)",
-        lambda a: scoring.score_textvqa_files(a.annotations, a.predictions, a.protocol),
-    )
-    sub.add_argument("--annotations", type=Path, required=True, help="TextVQA_0.5.1_val.json")
-    sub.add_argument("--predictions", type=Path, required=True, help="LLaVA answers jsonl")
-
-    sub = add(
-        "pope",
-        "POPE accuracy / precision / recall / F1 / yes-ratio per category (LLaVA's eval_pope.py)",
-        lambda a: scoring.score_pope_files(a.questions, a.annotation_dir, a.predictions, a.protocol),
-    )
-    sub.add_argument("--questions", type=Path, required=True, help="LLaVA's llava_pope_test.jsonl")
-    sub.add_argument("--annotation-dir", type=Path, required=True, help="folder of coco_pope_<category>.json")
-    sub.add_argument("--predictions", type=Path, required=True, help="LLaVA answers jsonl")
-
-    sub = add(
-        "mme",
-        "MME perception / cognition scores (official eval_tool/calculation.py)",
-        lambda a: scoring.score_mme_dir(a.results_dir, a.protocol),
-    )
-    sub.add_argument(
-        "--results-dir",
-        type=Path,
-        required=True,
-        help="folder of <subtask>.txt: image, question, truth, prediction",
-    )
-
-    sub = add(
-        "scienceqa",
-        "ScienceQA-IMG accuracy (LLaVA's eval_science_qa.py letter parsing)",
-        lambda a: scoring.score_scienceqa_files(a.problems, a.split_file, a.predictions, a.protocol, a.split),
-    )
-    sub.add_argument("--problems", type=Path, required=True, help="problems.json")
-    sub.add_argument("--split-file", type=Path, required=True, help="pid_splits.json")
-    sub.add_argument("--split", default="test", help="split to score (default: test)")
-    sub.add_argument("--predictions", type=Path, required=True, help="LLaVA answers jsonl")
-
-    sub = add(
-        "mmbench",
-        "MMBench circular accuracy with rule-based option matching",
-        lambda a: scoring.score_mmbench_files(a.data, a.predictions, a.protocol),
-    )
-    sub.add_argument("--data", type=Path, required=True, help="MMBench TSV (e.g. mmbench_dev_20230712.tsv)")
-    sub.add_argument(
-        "--predictions", type=Path, required=True, help="LLaVA answers jsonl (question_id, round_id)"
-    )
+        for flag, options in benchmark.arguments:
+            sub.add_argument(flag, **options)
+        sub.set_defaults(func=_runner(name, benchmark.run))
 
 
 def _runner(name: str, run: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
