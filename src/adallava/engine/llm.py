@@ -1,13 +1,13 @@
-"""AdaLLM: the same adaptive engine on a text-only causal LM (Llama, Qwen2, Mistral).
+"""AdaLLM: the adaptive decoder on a text-only causal LM (Llama, Qwen2, Mistral).
 
-Everything of AdaLlava applies (budgets, plans, layer and head switches, generation, costs,
-save/load); there is no vision tower, so `pixel_values` is refused. Checkpoints are a plain HF causal
-LM folder plus the two adaptive files, so `AutoModelForCausalLM.from_pretrained` still loads them.
+Everything of the adaptive engine applies (budgets, plans, layer and head switches, generation,
+costs, save/load); there is no vision tower, so `pixel_values` is refused. Checkpoints are a plain HF
+causal LM folder plus the two adaptive files, so `AutoModelForCausalLM.from_pretrained` still loads
+them.
 """
 
 from __future__ import annotations
 
-import torch
 from transformers import (
     AutoModelForCausalLM,
     LlavaForConditionalGeneration,
@@ -15,10 +15,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from adallava.engine.llava import AdaLlava
+from adallava.engine.decoder import AdaptiveDecoder
 
 
-class AdaLLM(AdaLlava):
+class AdaLLM(AdaptiveDecoder):
     config_class = PretrainedConfig
 
     @classmethod
@@ -44,19 +44,5 @@ class AdaLLM(AdaLlava):
             )
 
     @property
-    def llava(self):
-        raise AttributeError("AdaLLM wraps a text-only causal LM; use `.base`")
-
-    @property
     def text_model(self):
         return self.base.model
-
-    def _image_token_counts(self, input_ids, real: torch.Tensor, with_vision: bool) -> torch.Tensor:
-        return torch.zeros_like(real)
-
-    def _embed(self, input_ids, pixel_values, inputs_embeds) -> torch.Tensor:
-        if pixel_values is not None:
-            raise ValueError("AdaLLM is text-only and takes no pixel_values; use AdaLlava for Llava models")
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("give exactly one of input_ids or inputs_embeds")
-        return self.base.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 from torch import nn
 
+from adallava.core.planning import LayerPlanner
 from adallava.engine.stack import LayerInputs, call_layer
+from adallava.engine.switches.base import StackRun, SwitchKind
 
 
 def run_layer_skipping(
@@ -31,3 +35,30 @@ def run_layer_gated(
     return hidden + gate * (out - hidden)
 
 
+class LayerSwitches(SwitchKind):
+    """AdaLLaVA-L: one switch per upper layer; a budget unit is a layer."""
+
+    name = "layer"
+    label = "AdaLLaVA-L (layer switches)"
+
+    @property
+    def total_units(self) -> int:
+        return self.num_layers
+
+    @property
+    def prefix_units(self) -> int:
+        return self.num_prefix
+
+    @property
+    def num_switches(self) -> int:
+        return self.num_layers - self.num_prefix
+
+    @cached_property
+    def planner(self) -> LayerPlanner:
+        return LayerPlanner(self.adaptive, self.num_layers, self.num_prefix)
+
+    @classmethod
+    def run_layer(cls, layer, index, hidden, inputs, plan, gates, run: StackRun) -> torch.Tensor:
+        if gates is not None:  # training: off layers are identities, gradients flow through the gates
+            return run_layer_gated(layer, hidden, index, inputs, gates[:, index - run.num_prefix])
+        return run_layer_skipping(layer, hidden, index, inputs, plan.layers[:, index])

@@ -1,0 +1,56 @@
+"""What the adaptive models return: typed outputs with each row's plan, budget and costs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adallava.core.cost.pricing import BatchCost
+from adallava.core.plan import ExecutionPlan
+from adallava.engine import hf_compat
+
+
+@hf_compat.cache_output
+class AdaLlavaOutput(hf_compat.ModelOutputBase):
+    """Output of `forward` (AdaLlava and AdaLLM).
+
+    logits: [B, T', vocab] (T' = T + 1 when a latency token was inserted); loss: scalar NLL over answer
+    tokens; plan: the executed plan (None in base mode); budget: float64 [B] fractions that were
+    asked for; latency_positions: long [B] index of each row's latency token (None if none);
+    scheduler_logits: float32 [B, switches]; cost / full_cost: `BatchCost`, per-row FLOPs of what
+    ran (`.vision`, `.llm`, `.lm_head`, `.total`: float64 [B]) and of the full plan on the same
+    tokens. A prefill is priced as a prefill; a call with a KV cache as decoding steps.
+    cache: the KV cache, under the name the installed transformers uses (`cache` from 5.24,
+    `past_key_values` before; `hf_compat.output_cache(out)` reads either).
+    attention_mask / position_ids: the layout the prefill actually ran when it differs from the input
+    (a latency token inserted, or visual tokens selected); later steps must continue from it.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cache: object | None = None
+    plan: ExecutionPlan | None = None
+    budget: torch.Tensor | None = None
+    latency_positions: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    scheduler_logits: torch.Tensor | None = None
+    cost: BatchCost | None = None
+    full_cost: BatchCost | None = None
+
+
+@dataclass
+class AdaGenerateOutput(hf_compat.GenerateOutput):
+    """`generate(..., return_dict_in_generate=True)` output with each row's plan and costs:
+    `prefill_cost` / `full_prefill_cost` (what the prefill ran, and would with every layer) and
+    `decode_cost` (the row's decoding steps up to and including its end-of-sequence token).
+    `prefill_tokens`: long [B] positions each row's prefill cached (prompt, latency token), so that
+    `decode_cost` can price a row cut shorter than the batch (a server's per-request limit)."""
+
+    plan: ExecutionPlan | None = None
+    budget: torch.Tensor | None = None
+    prefill_cost: BatchCost | None = None
+    full_prefill_cost: BatchCost | None = None
+    decode_cost: BatchCost | None = None
+    prefill_tokens: torch.Tensor | None = None
