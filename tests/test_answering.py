@@ -57,3 +57,33 @@ def test_budgets_must_be_all_given_or_all_absent(bundled):
         answer_batch(model, processor, [prompt, prompt], [None, 0.5], [2, 2])
     with pytest.raises(ValueError, match="outside the allowed range"):
         answer_batch(model, processor, [prompt], [0.2], [2])
+
+
+def test_explicit_plans_give_plan_keys_and_unit_fractions():
+    from adallava.core.plan import ExecutionPlan
+    from adallava.inference.answering import prefill_batch
+
+    for name in ("tiny-adallava-l", "tiny-adallava-h"):
+        model, processor = load_model(name)
+        prompt = encode(processor, chat_prompt(processor, "what shape is red ?"), [_scene()])
+        plan = ExecutionPlan.early_exit(2, model.num_layers, 3)
+        answers = answer_batch(model, processor, [prompt, prompt], [None, None], [3, 3], plan)
+        assert all(a.plan["layers"] == [0, 1, 2] and a.budget is None for a in answers)
+        assert answers[0].plan_key.split("/")[0] == "0,1,2"
+        [budgeted] = answer_batch(model, processor, [prompt], [0.75], [3])
+        [full] = answer_batch(model, processor, [prompt], [None], [3])
+        assert full.plan_key == ",".join(map(str, range(model.num_layers))) and full.unit_fraction is None
+        heads = model.adaptive.switches == "head"
+        assert (budgeted.unit_fraction is not None) == heads and ("/" in budgeted.plan_key) == heads
+        prefill_batch(model, processor, [prompt, prompt], [None, None], plan)  # runs; returns nothing
+        with pytest.raises(ValueError, match="budgets or an explicit plan, not both"):
+            answer_batch(model, processor, [prompt, prompt], [0.5, 0.5], [2, 2], plan)
+
+
+def test_over_budget_allows_the_relative_tolerance():
+    from adallava.core.budget import RELATIVE_TOLERANCE, over_budget
+
+    full = [100.0, 100.0, 100.0]
+    cost = [50.0, 50.0 * (1 + RELATIVE_TOLERANCE / 2), 50.0 * (1 + 10 * RELATIVE_TOLERANCE)]
+    assert over_budget(cost, full, 0.5).tolist() == [False, False, True]
+    assert over_budget(cost, full, [0.5, 0.4, 1.0]).tolist() == [False, True, False]

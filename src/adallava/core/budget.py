@@ -134,3 +134,15 @@ def _as_list(budget, batch_size: int) -> list:
             "give one budget for the whole batch or one per row"
         )
     return values
+
+
+def over_budget(
+    cost: Sequence[float] | torch.Tensor,
+    full_cost: Sequence[float] | torch.Tensor,
+    budget: float | Sequence[float] | torch.Tensor,
+) -> torch.Tensor:
+    """bool [B]: rows whose cost exceeds `budget` x their full cost (a fraction, one or one per row)
+    by more than RELATIVE_TOLERANCE. cost, full_cost: FLOPs [B] (compared in float64)."""
+    cost = torch.as_tensor(cost, dtype=torch.float64)
+    cap = torch.as_tensor(budget, dtype=torch.float64) * torch.as_tensor(full_cost, dtype=torch.float64)
+    return cost > cap * (1 + RELATIVE_TOLERANCE)

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
+from adallava.inference.prompts import chat_template_owner, template_content_form
 from adallava.modules.latency import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         if self.tokenizer.eos_token is None:
             raise ValueError("the tokenizer has no eos_token; answers must end with one to teach stopping")
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self._template_owner = self._chat_template_owner(prompt_format)
+        self._template_owner = chat_template_owner(processor, prompt_format)
         self._content_form = self._probe_content_form() if self._template_owner is not None else None
 
         records, self._jsonl = load_records(self.path)
@@ -219,19 +220,6 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.num_text_only = sum("image" not in r for r in self.records)
 
     # ---- rendering -------------------------------------------------------------------------------
-    def _chat_template_owner(self, prompt_format: str):
-        if prompt_format == "llava_v1":
-            return None
-        for owner in (self.processor, self.tokenizer):
-            if getattr(owner, "chat_template", None):
-                return owner
-        if prompt_format == "chat_template":
-            raise ValueError(
-                "prompt_format is 'chat_template' but neither the processor nor its tokenizer has a chat "
-                "template; add one to the model folder or set prompt_format: llava_v1"
-            )
-        return None
-
     def _messages(self, turns: list[dict], form: str) -> list[dict]:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for k, turn in enumerate(turns):
@@ -256,13 +244,14 @@ class ConversationDataset(torch.utils.data.Dataset):
         """Chat templates take message content either as a string (with `<image>` inline) or as a
         list of typed parts; find which one this template renders."""
         probe = [{"value": f"{IMAGE_TOKEN}\n{_PROBE_QUESTION}"}, {"value": _PROBE_ANSWER}]
-        for form in ("text", "parts"):
-            try:
-                text = self._apply_template(self._messages(probe, form), add_generation_prompt=False)
-            except Exception:  # a template that cannot take this content form
-                continue
-            if _PROBE_QUESTION in text and _PROBE_ANSWER in text and text.count(IMAGE_TOKEN) == 1:
-                return form
+
+        def renders(form: str) -> bool:
+            text = self._apply_template(self._messages(probe, form), add_generation_prompt=False)
+            return _PROBE_QUESTION in text and _PROBE_ANSWER in text and text.count(IMAGE_TOKEN) == 1
+
+        form = template_content_form(renders, ("text", "parts"))
+        if form is not None:
+            return form
         raise ValueError(
             "the chat template renders neither string nor list-of-parts message content with the image "
             "and both turns; set prompt_format: llava_v1"

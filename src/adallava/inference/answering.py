@@ -4,11 +4,13 @@ The one path from prompts to answers that `adallava ask` (a batch of one) and `a
 requests that arrived together) share: encode each request once, left-pad them into one batch, call
 `AdaLlava.generate` with a budget per row, and read back each row's answer, plan and FLOPs. Greedy
 decoding, so a row's answer does not depend on its batch-mates (tests/test_model.py checks that
-batched generation equals one request at a time).
+batched generation equals one request at a time). `adallava eval` answers through the same call, with
+explicit plans for its baselines and `prefill_batch` to time the first token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from adallava.core.plan import ExecutionPlan
 from adallava.inference.prompts import chat_prompt
 
 FINISH_STOP = "stop"  # the model wrote its end-of-sequence token
@@ -39,9 +42,12 @@ class Prompt:
 class Answer:
     """One row's answer and what it cost. FLOPs dicts hold {"llm", "total"} (decoder stack; everything
     including vision tower and lm_head). `plan` is {"layers": executed indices, "num_layers"} plus
-    "head_units" (units run per layer) for head switches. `budget` is the fraction the row ran under
-    (None: the base model, no scheduler). `completion_tokens` counts the end-of-sequence token when
-    the model wrote one (it was computed); `token_ids` / `text` leave it out."""
+    "head_units" (units run per layer) for head switches. `plan_key` identifies the whole plan (the
+    executed layers, plus a hash of the head units and MLP groups on for head plans); `unit_fraction`
+    is the share of head units and MLP groups on over all layers (None for layer plans). `budget` is
+    the fraction the row ran under (None: the base model or an explicit plan). `completion_tokens`
+    counts the end-of-sequence token when the model wrote one (it was computed); `token_ids` / `text`
+    leave it out."""
 
     text: str
     token_ids: list[int]
@@ -50,14 +56,20 @@ class Answer:
     prompt_tokens: int
     budget: float | None
     plan: dict
+    plan_key: str
+    unit_fraction: float | None
     prefill_flops: dict[str, float]
     full_prefill_flops: dict[str, float]
     decode_flops: dict[str, float]
 
 
-def encode(processor, text: str, images: Sequence[Image.Image] = ()) -> Prompt:
-    """Tokenize one prompt (from `chat_prompt` / `conversation_prompt`) with its images."""
-    inputs = processor(images=list(images) or None, text=[text], return_tensors="pt")
+def encode(
+    processor, text: str, images: Sequence[Image.Image] = (), add_special_tokens: bool = True
+) -> Prompt:
+    """Tokenize one prompt (from `chat_prompt` / `conversation_prompt`) with its images.
+    add_special_tokens=False when the text already starts with the BOS its chat template wrote."""
+    special = {} if add_special_tokens else {"add_special_tokens": False}
+    inputs = processor(images=list(images) or None, text=[text], return_tensors="pt", **special)
     return Prompt(inputs["input_ids"][0], inputs.get("pixel_values"))
 
 
@@ -82,27 +94,20 @@ def answer_batch(
     prompts: Sequence[Prompt],
     budgets: Sequence[float | str | None],
     max_new_tokens: Sequence[int],
+    plan: ExecutionPlan | None = None,
     **generate_kwargs,
 ) -> list[Answer]:
     """Greedy answers for a batch, row r under `budgets[r]` (a fraction, a FLOPs string such as "2M",
-    or None for every row: the base model) with at most `max_new_tokens[r]` new tokens. Extra kwargs
-    go to `generate` (e.g. a `streamer`, `stopping_criteria`). Raises ValueError for a bad budget."""
-    if not len(prompts) == len(budgets) == len(max_new_tokens):
-        raise ValueError(
-            f"one budget and one max_new_tokens per prompt: got {len(prompts)} prompts, "
-            f"{len(budgets)} budgets, {len(max_new_tokens)} max_new_tokens"
-        )
-    if any(n < 1 for n in max_new_tokens):
-        raise ValueError(f"max_new_tokens must be >= 1 per row, got {list(max_new_tokens)}")
-    unbudgeted = [b is None for b in budgets]
-    if any(unbudgeted) and not all(unbudgeted):
-        raise ValueError("a batch runs either every row under a budget or none (the base model)")
-    tokenizer = processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    inputs = collate(prompts, pad)
+    or None for every row: the base model) with at most `max_new_tokens[r]` new tokens. `plan`: an
+    explicit plan (rows [B]) instead of budgets (every budget None), e.g. an evaluation baseline's.
+    Extra kwargs go to `generate` (e.g. a `streamer`, `stopping_criteria`). Raises ValueError for a
+    bad budget."""
+    _check_rows(prompts, budgets, max_new_tokens, plan)
+    inputs, pad = _inputs(model, processor, prompts)
     out = model.generate(
         **inputs,
-        budget=None if all(unbudgeted) else list(budgets),
+        budget=_budget(budgets),
+        plan=plan,
         max_new_tokens=max(max_new_tokens),
         do_sample=False,
         num_beams=1,
@@ -115,34 +120,91 @@ def answer_batch(
     produced = torch.minimum(model.produced_tokens(new), limits)  # [B] tokens each row computed
     decode = model.decode_cost(out.prefill_tokens, new, out.plan, limits)
     eos = set(model.eos_token_ids)
-    executed = out.plan.executed_layers() if out.plan is not None else None
+    plans = _plans(model.num_layers, out.plan, len(prompts))
     answers = []
     for row, prompt in enumerate(prompts):
         tokens = new[row, : int(produced[row])].tolist()
         stopped = bool(tokens) and tokens[-1] in eos
         if stopped:
             tokens = tokens[:-1]
-        plan = {
-            "layers": executed[row] if executed is not None else list(range(model.num_layers)),
-            "num_layers": model.num_layers,
-        }
-        if out.plan is not None and out.plan.heads is not None:
-            plan["head_units"] = out.plan.heads[row].sum(-1).tolist()
         answers.append(
             Answer(
-                text=tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                text=processor.tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                 token_ids=tokens,
                 finish_reason=FINISH_STOP if stopped else FINISH_LENGTH,
                 completion_tokens=int(produced[row]),
                 prompt_tokens=prompt.num_tokens,
                 budget=None if out.budget is None else float(out.budget[row]),
-                plan=plan,
+                **plans[row],
                 prefill_flops=_flops(out.prefill_cost, row),
                 full_prefill_flops=_flops(out.full_prefill_cost, row),
                 decode_flops=_flops(decode, row),
             )
         )
     return answers
+
+
+@torch.no_grad()
+def prefill_batch(
+    model,
+    processor,
+    prompts: Sequence[Prompt],
+    budgets: Sequence[float | str | None],
+    plan: ExecutionPlan | None = None,
+) -> None:
+    """The prefill of `answer_batch` alone (one forward pass that yields the first token, same rows,
+    budgets or plan), to time the first token."""
+    _check_rows(prompts, budgets, [1] * len(prompts), plan)
+    inputs, _ = _inputs(model, processor, prompts)
+    model(**inputs, budget=_budget(budgets), plan=plan, use_cache=True, logits_to_keep=1)
+
+
+def _check_rows(prompts, budgets, max_new_tokens, plan) -> None:
+    if not len(prompts) == len(budgets) == len(max_new_tokens):
+        raise ValueError(
+            f"one budget and one max_new_tokens per prompt: got {len(prompts)} prompts, "
+            f"{len(budgets)} budgets, {len(max_new_tokens)} max_new_tokens"
+        )
+    if any(n < 1 for n in max_new_tokens):
+        raise ValueError(f"max_new_tokens must be >= 1 per row, got {list(max_new_tokens)}")
+    unbudgeted = [b is None for b in budgets]
+    if any(unbudgeted) and not all(unbudgeted):
+        raise ValueError("a batch runs either every row under a budget or none (the base model)")
+    if plan is not None and not all(unbudgeted):
+        raise ValueError("a batch runs under budgets or an explicit plan, not both")
+
+
+def _inputs(model, processor, prompts: Sequence[Prompt]) -> tuple[dict[str, torch.Tensor], int]:
+    """The collated batch on the model's device, and the pad token id."""
+    tokenizer = processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {k: v.to(model.device) for k, v in collate(prompts, pad).items()}, pad
+
+
+def _budget(budgets: Sequence[float | str | None]) -> list | None:
+    return None if all(b is None for b in budgets) else list(budgets)
+
+
+def _plans(num_layers: int, plan: ExecutionPlan | None, batch: int) -> list[dict]:
+    """Per row: {plan: {"layers", "num_layers"[, "head_units"]}, plan_key, unit_fraction}; the base
+    model (no plan) runs every layer."""
+    executed = [list(range(num_layers)) for _ in range(batch)] if plan is None else plan.executed_layers()
+    units = None
+    if plan is not None and plan.heads is not None:
+        heads = (plan.heads & plan.layers[..., None]).cpu()  # [B, N, H]
+        mlp = (plan.mlp & plan.layers[..., None]).cpu()  # [B, N, G]
+        units = torch.cat([heads.flatten(1), mlp.flatten(1)], dim=1)  # [B, N * (H + G)]
+    rows = []
+    for row, layers in enumerate(executed):
+        entry = {"plan": {"layers": layers, "num_layers": num_layers}, "plan_key": ",".join(map(str, layers))}
+        entry["unit_fraction"] = None
+        if units is not None:
+            digest = hashlib.blake2b(units[row].numpy().tobytes(), digest_size=8).hexdigest()
+            entry["plan"]["head_units"] = plan.heads[row].sum(-1).tolist()
+            entry["plan_key"] += f"/{digest}"
+            entry["unit_fraction"] = float(units[row].float().mean())
+        rows.append(entry)
+    return rows
 
 
 def _flops(cost, row: int) -> dict[str, float]:

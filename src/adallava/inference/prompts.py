@@ -4,7 +4,7 @@ saw; scoring never depends on them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
@@ -43,7 +43,7 @@ def conversation_prompt(processor, messages: Sequence[dict]) -> str:
     """A conversation in Hugging Face's chat format ({"role", "content": [{"type": "image"} |
     {"type": "text", "text"}]}) as the model's prompt, ready for the model's answer: the processor's
     chat template when it has one, else LLaVA-1.5's v1 format (`USER: <image>\n... ASSISTANT:`)."""
-    if getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None):
+    if chat_template_owner(processor) is not None:
         return processor.apply_chat_template(list(messages), add_generation_prompt=True)
     turns = []
     for message in messages:
@@ -52,3 +52,36 @@ def conversation_prompt(processor, messages: Sequence[dict]) -> str:
         role = {"user": "USER: ", "assistant": "ASSISTANT: "}.get(message["role"], "")
         turns.append(f"{role}{text}")
     return " ".join(turns) + " ASSISTANT:"
+
+
+def chat_template_owner(processor, prompt_format: str = "auto", setting: str = "prompt_format"):
+    """Whose chat template renders prompts: the processor's, else its tokenizer's; None for LLaVA-1.5's
+    v1 format (prompt_format 'llava_v1', or 'auto' when neither has a template). 'chat_template'
+    without a template is a ValueError that names the `setting` to change."""
+    if prompt_format == "llava_v1":
+        return None
+    for owner in (processor, processor.tokenizer):
+        if getattr(owner, "chat_template", None):
+            return owner
+    if prompt_format == "chat_template":
+        raise ValueError(
+            f"{setting} is 'chat_template' but neither the processor nor its tokenizer has a chat "
+            f"template; add one to the model folder or set {setting}: llava_v1"
+        )
+    return None
+
+
+def template_content_form(
+    renders: Callable[[str], bool], forms: Sequence[str] = ("parts", "text")
+) -> str | None:
+    """The first content form a chat template takes, or None: chat templates take message content as
+    typed parts ("parts": [{"type": "image"}, {"type": "text", ...}]) or as a string with the image
+    token inline ("text"). renders(form): whether the template rendered a probe in that form as
+    expected; a template that raises on a form does not take it."""
+    for form in forms:
+        try:
+            if renders(form):
+                return form
+        except Exception:  # a template that cannot take this content form
+            continue
+    return None
