@@ -21,6 +21,7 @@ from adallava.data.world import generate_world
 from adallava.engine.llava import AdaLlava
 from adallava.eval import scoring
 from adallava.eval.args import EvalArgs
+from adallava.eval.benchmarks import benchmark_entries, limit_samples, load_benchmarks
 from adallava.eval.methods import (
     Depth,
     EarlyExit,
@@ -29,7 +30,6 @@ from adallava.eval.methods import (
     search_static,
     upper_layers_for,
 )
-from adallava.eval.runner import benchmark_entries, limit_samples, load_benchmarks
 
 SCHEMA = {
     "benchmark", "method", "budget", "score", "metrics", "llm_flops", "total_flops", "violations", "n",

@@ -12,11 +12,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from adallava.core.budget import over_budget
 from adallava.core.plan import ExecutionPlan
+from adallava.inference.answering import answer_batch, encode
 from adallava.inference.prompts import chat_prompt
 
 
@@ -52,60 +53,41 @@ def evaluate_heldout(
     max_new_tokens: int = 4,
     progress: bool = False,
 ) -> HeldoutResult:
-    """Answer every question (greedy, left-padded batches) under a budget (the scheduler decides), or
-    with the first `layers_run` layers only (naive early exit), or as the full model (both None)."""
+    """Answer every question (greedy, left-padded batches through `inference.answering`) under a budget
+    (the scheduler decides), or with the first `layers_run` layers only (naive early exit), or as the
+    full model (both None)."""
     if budget is not None and layers_run is not None:
         raise ValueError("give a budget or layers_run (early exit), not both")
-    processor.tokenizer.padding_side = "left"
-    predictions, plans, llm, full_llm, violations = [], [], [], [], 0
+    answers = []
     batches = range(0, len(questions), batch_size)
     for start in tqdm(batches, disable=not progress, desc="held-out", unit="batch"):
         batch = questions[start : start + batch_size]
-        images = []
-        for question in batch:
-            with Image.open(question.image) as image:
-                images.append(image.convert("RGB"))
-        texts = [chat_prompt(processor, question.prompt) for question in batch]
-        inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
-        inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "pixel_values")}
-        kwargs = {}
-        if budget is not None:
-            kwargs["budget"] = budget
-        elif layers_run is not None:
-            kwargs["plan"] = ExecutionPlan.early_exit(len(batch), model.num_layers, layers_run)
-        with torch.no_grad():
-            out = model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                return_dict_in_generate=True,
-                **kwargs,
-            )
-        new = out.sequences[:, inputs["input_ids"].shape[1] :]
-        predictions += [processor.tokenizer.decode(row, skip_special_tokens=True) for row in new]
-        executed = (
-            out.plan.executed_layers()
-            if out.plan is not None
-            else [list(range(model.num_layers))] * len(batch)
-        )
-        plans += executed
-        llm += out.prefill_cost.llm.tolist()
-        full_llm += out.full_prefill_cost.llm.tolist()
-        if budget is not None:
-            limit = budget * out.full_prefill_cost.llm * (1 + 1e-9)
-            violations += int((out.prefill_cost.llm > limit).sum())
+        prompts = [encode(processor, chat_prompt(processor, q.prompt), [_image(q.image)]) for q in batch]
+        plan = None
+        if layers_run is not None:
+            plan = ExecutionPlan.early_exit(len(batch), model.num_layers, layers_run)
+        budgets, limits = [budget] * len(batch), [max_new_tokens] * len(batch)
+        answers += answer_batch(model, processor, prompts, budgets, limits, plan)
+    predictions = [answer.text for answer in answers]
     right = [normalize(p) == normalize(q.answer) for p, q in zip(predictions, questions, strict=True)]
     by_family: dict[str, list[bool]] = defaultdict(list)
     for question, ok in zip(questions, right, strict=True):
         by_family[question.family].append(ok)
+    llm = [answer.prefill_flops["llm"] for answer in answers]
+    full_llm = [answer.full_prefill_flops["llm"] for answer in answers]
     return HeldoutResult(
         accuracy=100 * sum(right) / len(right),
         per_family={family: 100 * sum(oks) / len(oks) for family, oks in sorted(by_family.items())},
         n=len(right),
         llm_flops=sum(llm) / len(llm),
         full_llm_flops=sum(full_llm) / len(full_llm),
-        violations=violations,
-        plans=plans,
+        violations=0 if budget is None else int(over_budget(llm, full_llm, budget).sum()),
+        plans=[answer.plan["layers"] for answer in answers],
         families=[question.family for question in questions],
         predictions=predictions,
     )
+
+
+def _image(path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")

@@ -10,7 +10,7 @@
   data (`search_static`: every subset when N - P <= 8, else greedy).
 * `full`: every layer, the unmodified model (`budget=None`); one result at budget 1.0.
 
-Providers only decide plans; `adallava.eval.runner` runs them. Each returns the keyword arguments of
+Providers only decide plans; `adallava.eval.engine` runs them. Each returns the keyword arguments of
 `AdaLlava.generate` / `AdaLlava.forward` for one batch.
 """
 
