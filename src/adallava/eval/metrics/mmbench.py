@@ -89,6 +89,37 @@ def score_mmbench(
     answers: dict[tuple[int, int], str] = {
         (key if isinstance(key, tuple) else (key, 0)): text for key, text in predictions.items()
     }
+    groups, mains = _circular_groups(samples)
+    all_rounds = protocol == "llava" and any(round_id > 0 for _, round_id in answers)
+    passes = _passes(groups, mains, answers, all_rounds)
+    right: dict[int, bool] = dict.fromkeys(mains, True)
+    single: dict[int, bool] = {}
+    unmatched = 0
+    for main_index, row, round_id in passes:
+        shown = rotate_mmbench(row, round_id)
+        letter = mmbench_option(answers[(int(row.question_id), round_id)], shown.options)
+        unmatched += letter is None
+        ok = letter == shown.answers[0]
+        right[main_index] = right[main_index] and ok
+        if int(row.question_id) == main_index and round_id == 0:
+            single[main_index] = ok
+    return MMBenchScore(
+        score=100 * sum(right.values()) / len(mains),
+        single_pass=100 * sum(single.values()) / len(mains),
+        per_category=_percent_by(mains, right, "category"),
+        per_l2_category=_percent_by(mains, right, "l2_category"),
+        n=len(mains),
+        passes=len(passes),
+        unmatched=unmatched,
+        protocol=protocol,
+    )
+
+
+def _circular_groups(
+    samples: Sequence[MMBenchSample],
+) -> tuple[dict[int, list[MMBenchSample]], dict[int, MMBenchSample]]:
+    """(main index -> the rows of its circular group, main index -> its main row); every row needs an
+    answer and every circular copy its main row."""
     groups: dict[int, list[MMBenchSample]] = {}
     for sample in samples:
         if not sample.answers:
@@ -104,8 +135,16 @@ def score_mmbench(
         )
     if not mains:
         raise ValueError("MMBench: no samples to score")
-    all_rounds = protocol == "llava" and any(round_id > 0 for _, round_id in answers)
+    return groups, mains
 
+
+def _passes(
+    groups: Mapping[int, list[MMBenchSample]],
+    mains: Mapping[int, MMBenchSample],
+    answers: Mapping[tuple[int, int], str],
+    all_rounds: bool,
+) -> list[tuple[int, MMBenchSample, int]]:
+    """Every (main index, row, round id) to score; each must have a prediction."""
     passes, missing = [], []
     for main_index in mains:
         for row in groups[main_index]:
@@ -117,34 +156,16 @@ def score_mmbench(
     if missing:
         shown = ", ".join(f"index {i} round {r}" for i, r in missing[:5])
         raise ValueError(f"MMBench: {len(missing)} pass(es) have no prediction: {shown}")
+    return passes
 
-    right: dict[int, bool] = dict.fromkeys(mains, True)
-    single: dict[int, bool] = {}
-    unmatched = 0
-    for main_index, row, round_id in passes:
-        shown = rotate_mmbench(row, round_id)
-        letter = mmbench_option(answers[(int(row.question_id), round_id)], shown.options)
-        unmatched += letter is None
-        ok = letter == shown.answers[0]
-        right[main_index] = right[main_index] and ok
-        if int(row.question_id) == main_index and round_id == 0:
-            single[main_index] = ok
 
-    def percent_by(attribute: str) -> dict[str, float]:
-        buckets: dict[str, list[bool]] = {}
-        for main_index, sample in mains.items():
-            name = getattr(sample, attribute)
-            if name:
-                buckets.setdefault(name, []).append(right[main_index])
-        return {name: 100 * sum(oks) / len(oks) for name, oks in sorted(buckets.items())}
-
-    return MMBenchScore(
-        score=100 * sum(right.values()) / len(mains),
-        single_pass=100 * sum(single.values()) / len(mains),
-        per_category=percent_by("category"),
-        per_l2_category=percent_by("l2_category"),
-        n=len(mains),
-        passes=len(passes),
-        unmatched=unmatched,
-        protocol=protocol,
-    )
+def _percent_by(
+    mains: Mapping[int, MMBenchSample], right: Mapping[int, bool], attribute: str
+) -> dict[str, float]:
+    """Circular accuracy per value of a sample attribute (category, l2_category), 0-100."""
+    buckets: dict[str, list[bool]] = {}
+    for main_index, sample in mains.items():
+        name = getattr(sample, attribute)
+        if name:
+            buckets.setdefault(name, []).append(right[main_index])
+    return {name: 100 * sum(oks) / len(oks) for name, oks in sorted(buckets.items())}

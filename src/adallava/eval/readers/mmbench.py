@@ -29,25 +29,11 @@ _MAX_IMAGE_REFERENCE = 64
 def read_mmbench(path: str | Path) -> list[MMBenchSample]:
     """Every row in file order, with `image` decoded to bytes and `answers` = (letter,) where the
     TSV has answers (dev), else ()."""
-    path = Path(path)
-    csv.field_size_limit(sys.maxsize)  # base64 images exceed csv's 128 KiB default
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter="\t")
-        header = reader.fieldnames or []
-        missing = [column for column in REQUIRED_COLUMNS if column not in header]
-        if missing:
-            raise ValueError(
-                f"{path}, line 1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
-            )
-        rows = []
-        for row in reader:
-            rows.append((f"{path}, line {reader.line_num}", row))
-
     images: dict[int, bytes] = {}
     references: list[tuple[int, str, str]] = []
     samples: list[MMBenchSample] = []
     seen: dict[int, str] = {}
-    for where, row in rows:
+    for where, row in _rows(Path(path)):
         if None in row:
             raise ValueError(f"{where}: more tab-separated fields than the header has columns")
         index = _index(row, where)
@@ -66,28 +52,50 @@ def read_mmbench(path: str | Path) -> list[MMBenchSample]:
             references.append((index, image_cell, where))
         else:
             images[index] = _decode(image_cell, where)
-        question = _cell(row, "question")
-        if question is None:
-            raise ValueError(f"{where}: field 'question' is empty")
-        hint = _cell(row, "hint") or ""
-        samples.append(
-            MMBenchSample(
-                question_id=index,
-                image=None,
-                prompt=multiple_choice_prompt(question, options, hint),
-                answers=() if answer is None else (answer,),
-                question=question,
-                hint=hint,
-                options=options,
-                category=_cell(row, "category") or "",
-                l2_category=_cell(row, "l2-category") or "",
-            )
-        )
+        samples.append(_sample(row, where, index, options, answer))
     for index, target, where in references:
         if int(target) not in images:
             raise ValueError(f"{where}: field 'image' refers to row index {target}, which has no image")
         images[index] = images[int(target)]
     return [replace(sample, image=images[int(sample.question_id)]) for sample in samples]
+
+
+def _rows(path: Path) -> list[tuple[str, dict[str, str | None]]]:
+    """(where, row) for every row of the TSV, its header checked."""
+    csv.field_size_limit(sys.maxsize)  # base64 images exceed csv's 128 KiB default
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t")
+        header = reader.fieldnames or []
+        missing = [column for column in REQUIRED_COLUMNS if column not in header]
+        if missing:
+            raise ValueError(
+                f"{path}, line 1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
+            )
+        rows = []
+        for row in reader:
+            rows.append((f"{path}, line {reader.line_num}", row))
+    return rows
+
+
+def _sample(
+    row: dict[str, str | None], where: str, index: int, options: tuple[str, ...], answer: str | None
+) -> MMBenchSample:
+    """One row as a sample (its image filled in later)."""
+    question = _cell(row, "question")
+    if question is None:
+        raise ValueError(f"{where}: field 'question' is empty")
+    hint = _cell(row, "hint") or ""
+    return MMBenchSample(
+        question_id=index,
+        image=None,
+        prompt=multiple_choice_prompt(question, options, hint),
+        answers=() if answer is None else (answer,),
+        question=question,
+        hint=hint,
+        options=options,
+        category=_cell(row, "category") or "",
+        l2_category=_cell(row, "l2-category") or "",
+    )
 
 
 def rotate_mmbench(sample: MMBenchSample, rotation: int) -> MMBenchSample:
