@@ -19,8 +19,8 @@ from torch.nn import functional as F
 from transformers import AutoProcessor, CLIPVisionConfig, CLIPVisionModel, LlavaForConditionalGeneration
 
 from adallava import AdaLlava
-from adallava.commands import convert as convert_command
-from adallava.commands import init as init_command
+from adallava.cli.commands import convert as convert_command
+from adallava.cli.commands import init as init_command
 from adallava.io.convert_official import (
     VICUNA_V1_SYSTEM,
     convert_official,
@@ -521,9 +521,9 @@ def test_wrong_vision_tower_and_missing_tokenizer(official_dir, vision_tower, tm
 def test_cli_reports_errors_through_the_adallava_command(
     official_dir, vision_tower, tmp_path, capsys, monkeypatch
 ):
-    import adallava.cli
+    import adallava.cli.command
 
-    monkeypatch.setattr(adallava.cli, "COMMANDS", ["convert", "init"])
+    monkeypatch.setattr(adallava.cli.command, "COMMANDS", ["convert", "init"])
     edit_config(official_dir, num_prefix_layers=None)
     argv = ["convert", "--from-official", str(official_dir), "--vision-tower", str(vision_tower[0])]
     assert adallava.cli.main([*argv, "--out", str(tmp_path / "out")]) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from adallava import cli
+from adallava.cli import command
 from adallava.core.cost.flops import prefill_cost
 from adallava.core.cost.shapes import ModelShape
 
@@ -18,7 +19,7 @@ CONFIG = Path(__file__).parent / "fixtures" / "llava-1.5-7b" / "config.json"
 @pytest.fixture(autouse=True)
 def only_flops(monkeypatch):
     # Test this subcommand through the real dispatcher without depending on the other subcommands.
-    monkeypatch.setattr(cli, "COMMANDS", ["flops"])
+    monkeypatch.setattr(command, "COMMANDS", ["flops"])
 
 
 def _flops(*args: str) -> int:

@@ -177,7 +177,7 @@ def test_bad_folders_are_named(tmp_path, folders):
 
 
 def test_report_command_through_its_parser_and_the_cli(folders, tmp_path, monkeypatch):
-    from adallava.commands import report as report_command
+    from adallava.cli.commands import report as report_command
 
     parser = argparse.ArgumentParser()
     report_command.add_parser(parser.add_subparsers())

@@ -1,4 +1,4 @@
-"""settings_cli: one mechanism from settings dataclasses to flags, YAML and back (train, eval, serve)."""
+"""core.settings and cli.flags: one mechanism from settings dataclasses to flags, YAML and back."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Literal
 import pytest
 import yaml
 
-from adallava import settings_cli
+from adallava.cli import flags
+from adallava.core import settings
 from adallava.core.config import AdaptiveConfig
 from adallava.eval.args import EvalArgs
 from adallava.serve.settings import Settings
-from adallava.train_args import MOVED, TrainArgs
+from adallava.train.args import MOVED, TrainArgs
 
 REQUIRED = {"stage": "adaptive", "model": "m", "data": "d.json", "output_dir": "o"}
 
@@ -55,12 +56,12 @@ class Toy:
 
 def parser_for(cls: type, **options) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t", exit_on_error=False)
-    settings_cli.add_arguments(parser, cls, **options)
+    flags.add_arguments(parser, cls, **options)
     return parser
 
 
 def parse(cls: type, argv: list[str], config=None, **options):
-    return settings_cli.from_namespace(cls, parser_for(cls, **options).parse_args(argv), config, moved=MOVED)
+    return flags.from_namespace(cls, parser_for(cls, **options).parse_args(argv), config, moved=MOVED)
 
 
 def test_each_field_kind_becomes_a_typed_flag():
@@ -150,7 +151,7 @@ def test_an_old_flat_file_or_flag_names_the_new_nested_keys(tmp_path, capsys):
     assert "switches -> adaptive.switches" in str(error.value)
     assert "scheduler_kind -> adaptive.scheduler" in str(error.value)
     parser = argparse.ArgumentParser(prog="t")
-    settings_cli.add_arguments(parser, TrainArgs, moved=MOVED)
+    flags.add_arguments(parser, TrainArgs, moved=MOVED)
     with pytest.raises(SystemExit):
         parser.parse_args(["--scheduler-kind", "deterministic"])
     assert "--scheduler-kind is now --adaptive.scheduler" in capsys.readouterr().err
@@ -161,13 +162,13 @@ def test_help_shows_every_setting_with_its_docstring(capsys):
     # Bug caught: a setting missing from --help, or shown without help because its docstring was not
     # found (e.g. a field added without one, or help read from a second, stale source).
     for cls in (TrainArgs, EvalArgs, Settings, AdaptiveConfig):
-        docs = settings_cli.field_help(cls)
+        docs = settings.field_help(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
     text = " ".join(parser_for(TrainArgs).format_help().split())
-    for path, setting in settings_cli.paths(TrainArgs).items():
+    for path, setting in settings.paths(TrainArgs).items():
         assert setting.flag in text
-        doc = settings_cli.field_help(AdaptiveConfig if path.startswith("adaptive.") else TrainArgs)
+        doc = settings.field_help(AdaptiveConfig if path.startswith("adaptive.") else TrainArgs)
         assert " ".join(doc[setting.name].split()[:4]) in text, path
     serve = " ".join(parser_for(Settings).format_help().split())
     assert "--max-batch-size INT most requests run together in one generate call (default: 8)" in serve

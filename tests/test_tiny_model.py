@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from adallava.commands import world as world_command
+from adallava.cli.commands import world as world_command
 from adallava.data.tiny_model import (
     BOS_ID,
     EOS_ID,

@@ -10,13 +10,13 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-import adallava.train as recipe
+import adallava.train.recipe as recipe
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
-from adallava.commands import train as train_command
-from adallava.settings_cli import field_help
+from adallava.cli.commands import train as train_command
+from adallava.core.settings import field_help
 from adallava.testing import tiny_inputs
-from adallava.train import EpochSampler, lr_factor, merge_lora, sample_budgets, train
-from adallava.train_args import TrainArgs
+from adallava.train.args import TrainArgs
+from adallava.train.recipe import EpochSampler, lr_factor, merge_lora, sample_budgets, train
 from tests.test_conversation import make_world
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -215,9 +215,9 @@ def test_cli_reads_yaml_and_flags_override_it(world, tmp_path, capsys):
 
 
 def test_cli_errors_name_the_file_and_key(world, tmp_path, monkeypatch, capsys):
-    import adallava.cli
+    import adallava.cli.command
 
-    monkeypatch.setattr(adallava.cli, "COMMANDS", ["train"])
+    monkeypatch.setattr(adallava.cli.command, "COMMANDS", ["train"])
     config = tmp_path / "bad.yaml"
     config.write_text(
         f"stage: base\nmodel: {world[0]}\ndata: {world[1]}\noutput_dir: {tmp_path}\nepochs: -1\n"

@@ -199,7 +199,7 @@ def test_latency_token_attention_refuses_what_it_cannot_measure(eager_ada):
 
 
 def test_plot_command_writes_the_plots_of_a_results_folder(tmp_path, capsys):
-    from adallava.commands import plot
+    from adallava.cli.commands import plot
 
     folder = tmp_path / "eval"
     folder.mkdir()
@@ -224,7 +224,7 @@ def test_plot_command_writes_the_plots_of_a_results_folder(tmp_path, capsys):
 def test_plot_command_draws_the_latency_attention_of_a_model_folder(tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from adallava.commands import plot
+    from adallava.cli.commands import plot
     from adallava.data.tiny_model import build_tiny_llava
 
     folder = build_tiny_llava(tmp_path / "model", vocabulary=["what", "color", "is", "the", "circle", "?"])

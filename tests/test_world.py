@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adallava.commands import world as world_command
+from adallava.cli.commands import world as world_command
 from adallava.data.world import (
     BENCHMARKS,
     FAMILIES,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from adallava.commands import eval as eval_command
+from adallava.cli.commands import eval as eval_command
 from adallava.core.config import AdaptiveConfig
 from adallava.data.tiny_model import build_tiny_llava
 from adallava.data.world import generate_world

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from adallava import cli
+from adallava.cli import command
 
 F = Path(__file__).parent / "fixtures"
 
@@ -39,7 +40,7 @@ EXPECTED = {
 @pytest.fixture(autouse=True)
 def only_score(monkeypatch: pytest.MonkeyPatch) -> None:
     # Other subcommands are developed alongside; this file tests `score` alone.
-    monkeypatch.setattr(cli, "COMMANDS", ["score"])
+    monkeypatch.setattr(command, "COMMANDS", ["score"])
 
 
 def run(args: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -40,6 +40,7 @@ from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
 from adallava.engine.generate import check_generate_kwargs, generate_output, produced_tokens, to_left_padding
 from adallava.engine.outputs import AdaLlavaOutput
+from adallava.engine.sliced import SliceCache
 from adallava.engine.stack import call_layer, prepare_layer_inputs
 from adallava.engine.switches import StackRun, kind_of, switch_kind
 from adallava.modules.gates import UnitGates
@@ -51,7 +52,6 @@ from adallava.modules.latency import (
     latency_positions,
 )
 from adallava.modules.scheduler_head import SchedulerHead
-from adallava.modules.sliced import SliceCache
 
 ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"

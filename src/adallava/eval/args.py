@@ -1,7 +1,7 @@
 """EvalArgs: every setting of `adallava eval`, typed, validated, documented once.
 
 The docstring under each field is its CLI help (`adallava eval --help`), and a `Literal[...]`
-annotation its choices; `adallava.settings_cli` makes the flags. `evaluate(EvalArgs(...))` in
+annotation its choices; `adallava.cli.flags` makes the flags. `evaluate(EvalArgs(...))` in
 `adallava.eval.runner` is the same run from Python.
 """
 
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from adallava import settings_cli
+from adallava.core import settings
 from adallava.core.config import TOKEN_SELECTIONS
 from adallava.data.benchmarks import BENCHMARKS, READERS  # noqa: F401  (re-exported for eval)
 from adallava.eval.protocols import PROTOCOLS
@@ -81,7 +81,7 @@ class EvalArgs:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
-        settings_cli.check_choices(self)  # every Literal field: benchmarks, methods, protocol, dtype, ...
+        settings.check_choices(self)  # every Literal field: benchmarks, methods, protocol, dtype, ...
         if not self.methods:
             raise ValueError(f"{flag('methods')} needs at least one of {', '.join(METHODS)}")
         if not self.budgets:
@@ -116,8 +116,8 @@ class EvalArgs:
             )
 
 
-flag = settings_cli.flag
+flag = settings.flag
 
 
 def _check(args: EvalArgs, name: str, ok: bool, requirement: str) -> None:
-    settings_cli.check(args, name, ok, requirement)
+    settings.check(args, name, ok, requirement)

@@ -1,1 +1,1 @@
-"""The adaptive parts that own weights: latency encoder, scheduler head, sliced layers, gates."""
+"""The adaptive parts that own weights or hooks: latency encoder, scheduler head, unit gates."""

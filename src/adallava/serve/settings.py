@@ -1,5 +1,5 @@
 """Settings: the server's batching and limits, one frozen dataclass; the docstring under each field is
-its `adallava serve --help` text (`adallava.settings_cli` makes the flags)."""
+its `adallava serve --help` text (`adallava.cli.flags` makes the flags)."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from adallava.core.cost.shapes import ModelShape
 from adallava.core.geometry import UnitGeometry, geometry_of
 from adallava.core.plan import ExecutionPlan
 from adallava.engine.cache_slots import CacheSlots
+from adallava.engine.sliced import SliceCache
 from adallava.engine.stack import LayerInputs
 from adallava.modules.gates import UnitGates
-from adallava.modules.sliced import SliceCache
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """TrainArgs: every setting of `adallava train`, typed, validated, documented once.
 
-The docstring under each field is its CLI help; `adallava.settings_cli` turns the fields into flags
+The docstring under each field is its CLI help; `adallava.cli.flags` turns the fields into flags
 and YAML keys. Values come from the defaults, then a YAML file (`--config`), then command-line flags
 (`--learning-rate 1e-5`), each overriding the one before. How the model is made adaptive is one nested
 AdaptiveConfig, `adaptive:` in YAML and `--adaptive.KEY` flags (`--adaptive.switches head`).
@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import yaml
 
-from adallava import settings_cli
+from adallava.core import settings
 from adallava.core.config import AdaptiveConfig
-from adallava.settings_cli import check, flag
+from adallava.core.settings import check, flag
 
 # Keys that were flat TrainArgs keys before AdaptiveConfig was nested: old key -> new dotted key.
-# An old YAML file or flag stops with these names (settings_cli: `moved`).
+# An old YAML file or flag stops with these names (core.settings: `moved`).
 MOVED = {
     "switches": "adaptive.switches",
     "num_prefix_layers": "adaptive.num_prefix_layers",
@@ -140,11 +140,11 @@ class TrainArgs:
     def __post_init__(self) -> None:
         if isinstance(self.adaptive, Mapping):  # TrainArgs(adaptive={"switches": "head"})
             object.__setattr__(
-                self, "adaptive", settings_cli.build(AdaptiveConfig, self.adaptive, prefix="adaptive.")
+                self, "adaptive", settings.build(AdaptiveConfig, self.adaptive, prefix="adaptive.")
             )
         if not isinstance(self.adaptive, AdaptiveConfig):
             raise ValueError(f"--adaptive.* must be an AdaptiveConfig or a mapping, got {self.adaptive!r}")
-        settings_cli.check_choices(self)
+        settings.check_choices(self)
         for name in ("model", "data", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
@@ -189,15 +189,15 @@ class TrainArgs:
         """Build from a mapping of keys (dashes allowed; `adaptive` a nested mapping) to values; strings
         are converted to the key's type (YAML reads `1e-5` as a string). Unknown keys are an error naming
         the closest key; old flat adaptive keys (`switches`) one naming their new key."""
-        return settings_cli.build(cls, values, source, moved=MOVED)
+        return settings.build(cls, values, source, moved=MOVED)
 
     @classmethod
     def load(cls, config: str | Path | None = None, **overrides: Any) -> TrainArgs:
         """Defaults < the YAML file `config` < `overrides` (e.g. `adaptive={"rank": 2}`, or flags)."""
-        return settings_cli.load(cls, config, overrides, moved=MOVED)
+        return settings.load(cls, config, overrides, moved=MOVED)
 
     def to_dict(self) -> dict[str, Any]:
-        return settings_cli.to_dict(self)
+        return settings.to_dict(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

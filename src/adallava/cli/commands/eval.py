@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from adallava import settings_cli
+from adallava.cli import flags
 from adallava.eval.args import BENCHMARKS, METHODS, EvalArgs
 
 ALIASES = {"benchmarks": ["--benchmark"], "methods": ["--method"]}
@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    settings_cli.add_arguments(parser, EvalArgs, required=True, aliases=ALIASES)
+    flags.add_arguments(parser, EvalArgs, required=True, aliases=ALIASES)
     parser.epilog = f"benchmarks: {', '.join(BENCHMARKS)}; methods: {', '.join(METHODS)}"
     parser.set_defaults(func=run)
 
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from adallava.eval.runner import evaluate  # torch / transformers load only when evaluating
 
-    eval_args = settings_cli.from_namespace(EvalArgs, args)
+    eval_args = flags.from_namespace(EvalArgs, args)
     rows = evaluate(eval_args)
     if rows:
         print(summary(rows))

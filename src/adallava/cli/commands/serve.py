@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from adallava import settings_cli
+from adallava.cli import flags
 from adallava.io.hub import BUNDLED, DEFAULT_MODEL
 from adallava.serve.settings import Settings
 
@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    settings_cli.add_arguments(parser.add_argument_group("batching and limits"), Settings)
+    flags.add_arguments(parser.add_argument_group("batching and limits"), Settings)
     parser.set_defaults(func=run)
 
 
@@ -49,7 +49,7 @@ def run(args) -> int:
     from adallava.eval.runner import load_model
     from adallava.serve.app import create_app
 
-    settings = settings_cli.from_namespace(Settings, args)  # checked before the model loads
+    settings = flags.from_namespace(Settings, args)  # checked before the model loads
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
     model, processor, adaptive = load_model(args.model, dtype=args.dtype, device=args.device)

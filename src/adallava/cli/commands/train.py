@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adallava import settings_cli
-from adallava.train_args import MOVED, TrainArgs
+from adallava.cli import flags
+from adallava.train.args import MOVED, TrainArgs
 
 
 def add_parser(subparsers) -> None:
@@ -30,14 +30,14 @@ def add_parser(subparsers) -> None:
         default=None,
         help="YAML file of training keys (see configs/); flags override it",
     )
-    settings_cli.add_arguments(parser, TrainArgs, moved=MOVED)
+    flags.add_arguments(parser, TrainArgs, moved=MOVED)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from adallava.train import train  # torch / transformers load only when training
+    from adallava.train.recipe import train
 
-    train_args = settings_cli.from_namespace(TrainArgs, args, args.config, moved=MOVED)
+    train_args = flags.from_namespace(TrainArgs, args, args.config, moved=MOVED)
     result = train(train_args)
     print(
         f"done: {result.steps} steps, final loss {result.final_loss:.4f}, "

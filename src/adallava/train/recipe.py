@@ -37,7 +37,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from adallava.core.config import AdaptiveConfig
 from adallava.data.conversation import IMAGE_TOKEN, ConversationCollator, ConversationDataset
 from adallava.engine.llava import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaLlava
-from adallava.train_args import TrainArgs
+from adallava.train.args import TrainArgs
 
 LOG_FILE = "log.jsonl"
 ARGS_FILE = "train_args.yaml"

@@ -1,4 +1,4 @@
-"""The `adallava` command. Each subcommand lives in `adallava/commands/<name>.py` and exposes
+"""The `adallava` command. Each subcommand lives in `adallava/cli/commands/<name>.py` and exposes
 `add_parser(subparsers)`, which registers its arguments and sets `func` to a function taking the
 parsed arguments and returning an exit code."""
 
@@ -36,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"adallava.commands.{name}").add_parser(subparsers)
+        importlib.import_module(f"adallava.cli.commands.{name}").add_parser(subparsers)
     return parser
 
 
 def _version_line() -> str:
     """adallava and its main dependencies' versions, without importing them (fast)."""
-    from adallava.commands.env import version_of
+    from adallava.cli.commands.env import version_of
 
     names = ("adallava", "torch", "transformers", "accelerate")
     return ", ".join(f"{name} {version_of(name)}" for name in names)
