@@ -21,14 +21,10 @@ from transformers import AutoProcessor, CLIPVisionConfig, CLIPVisionModel, Llava
 from adallava import AdaLlava
 from adallava.cli.commands import convert as convert_command
 from adallava.cli.commands import init as init_command
-from adallava.io.convert_official import (
-    VICUNA_V1_SYSTEM,
-    convert_official,
-    extend_vocabulary,
-    map_official_key,
-    map_vision_tower_state_dict,
-    padded_vocab_size,
-)
+from adallava.io.convert_official import convert_official
+from adallava.io.official_format import padded_vocab_size
+from adallava.io.official_processor import VICUNA_V1_SYSTEM
+from adallava.io.official_weights import extend_vocabulary, map_official_key, map_vision_tower_state_dict
 from adallava.testing import tiny_llava
 
 N, P, HEADS, HIDDEN, INTERMEDIATE, VOCAB = 6, 3, 4, 64, 102, 40

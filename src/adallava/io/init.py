@@ -14,22 +14,8 @@ from transformers import (
 
 from adallava.core.config import AdaptiveConfig
 from adallava.engine.llava import AdaLlava
-from adallava.io.checkpoint import DTYPES, check_out_dir
-from adallava.io.convert_official import OFFICIAL_MODEL_TYPE, PROCESSOR_FILES
-
-# ---- tables -------------------------------------------------------------------------------------
-
-
-# ---- config mapping (pure) ----------------------------------------------------------------------
-
-
-# ---- key mapping (pure) -------------------------------------------------------------------------
-
-
-# ---- file reading -------------------------------------------------------------------------------
-
-
-# ---- drivers ------------------------------------------------------------------------------------
+from adallava.io.checkpoint import DTYPES, PROCESSOR_FILES, check_out_dir
+from adallava.io.official_format import OFFICIAL_MODEL_TYPE
 
 
 def init_from_base(
@@ -68,8 +54,3 @@ def init_from_base(
     if templates.is_dir():
         shutil.copytree(templates, out_dir / templates.name, dirs_exist_ok=True)
     return model
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-
-

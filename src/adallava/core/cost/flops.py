@@ -8,12 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any
 
-from adallava.core.cost.shapes import ModelShape, TextShape, VisionShape
-
-# --------------------------------------------------------------------------------------------------
-# Shapes
-# --------------------------------------------------------------------------------------------------
-
+from adallava.core.cost.shapes import ModelShape, ProjectorShape, TextShape, VisionShape
 
 # --------------------------------------------------------------------------------------------------
 # Results
@@ -210,57 +205,71 @@ def _layer(
     n = shape.intermediate_size if neurons is None else neurons
     _check_count("head_units_on", u, shape.num_kv_heads)
     _check_count("mlp_neurons_on", n, shape.intermediate_size)
+    # A part with nothing on costs nothing, its norm and residual add included.
+    attention, attention_parts = _attention(shape, T, C, u, dtype_bytes) if u > 0 else (LayerFlops(), ())
+    mlp, mlp_parts = _mlp(shape, T, n, dtype_bytes) if n > 0 else (LayerFlops(), ())
+    return attention + mlp, attention_parts + mlp_parts
+
+
+def _attention(
+    shape: TextShape | VisionShape, T: int, C: int, u: int, b: float
+) -> tuple[LayerFlops, tuple[Part, ...]]:
+    """The attention half of a block with `u` head units on, over T queries and C keys: projections,
+    scores and softmax, input norm and residual add."""
     h, d = shape.hidden_size, shape.head_dim
     heads = u * shape.heads_per_unit  # query heads running
     q_dim, kv_dim = heads * d, u * d
-    b = dtype_bytes
+    # q, k, v: [T, h] @ [h, q_dim + 2 kv_dim]; o: [T, q_dim] @ [q_dim, h]  (2 FLOPs per MAC)
+    attn_proj = 2 * T * h * (q_dim + 2 * kv_dim) + 2 * T * q_dim * h
+    # QK^T and P @ V: per query head [T, d] @ [d, C] and [T, C] @ [C, d]
+    attn_scores = 2 * (2 * T * C * d * heads)
+    bias = T * (q_dim + 2 * kv_dim) if shape.qkv_bias else 0
+    norm_add, norm_part = _norm_add("attn_norm_add", T, h, b)  # input norm + residual add
+    softmax = _SOFTMAX * T * C * heads
+    weights = h * (q_dim + 2 * kv_dim) + q_dim * h + h + (q_dim + 2 * kv_dim if shape.qkv_bias else 0)
+    parts = (
+        Part(
+            "attn_proj",
+            attn_proj + bias,
+            # load x three times, store q and o's output; o loads the attention output
+            Bytes(weights * b, (3 * T * h + T * q_dim + T * q_dim + T * h) * b, 2 * T * kv_dim * b),
+        ),
+        Part(
+            "attn_scores",
+            attn_scores + softmax,
+            # q in, scores out; softmax in/out; scores in, context out; K and V read from cache
+            Bytes(0, (T * q_dim + 4 * T * C * heads + T * q_dim) * b, 2 * C * kv_dim * b),
+        ),
+        norm_part,
+    )
+    flops = LayerFlops(attn_proj=attn_proj, attn_scores=attn_scores, elementwise=bias + norm_add + softmax)
+    return flops, parts
 
-    parts: list[Part] = []
-    attn_proj = attn_scores = mlp = elementwise = 0
-    if u > 0:
-        # q, k, v: [T, h] @ [h, q_dim + 2 kv_dim]; o: [T, q_dim] @ [q_dim, h]  (2 FLOPs per MAC)
-        attn_proj = 2 * T * h * (q_dim + 2 * kv_dim) + 2 * T * q_dim * h
-        # QK^T and P @ V: per query head [T, d] @ [d, C] and [T, C] @ [C, d]
-        attn_scores = 2 * (2 * T * C * d * heads)
-        bias = T * (q_dim + 2 * kv_dim) if shape.qkv_bias else 0
-        norm_add = _NORM * T * h + T * h  # input norm + residual add
-        softmax = _SOFTMAX * T * C * heads
-        elementwise += bias + norm_add + softmax
-        weights = h * (q_dim + 2 * kv_dim) + q_dim * h + h + (q_dim + 2 * kv_dim if shape.qkv_bias else 0)
-        parts.append(
-            Part(
-                "attn_proj",
-                attn_proj + bias,
-                # load x three times, store q and o's output; o loads the attention output
-                Bytes(weights * b, (3 * T * h + T * q_dim + T * q_dim + T * h) * b, 2 * T * kv_dim * b),
-            )
-        )
-        parts.append(
-            Part(
-                "attn_scores",
-                attn_scores + softmax,
-                # q in, scores out; softmax in/out; scores in, context out; K and V read from cache
-                Bytes(0, (T * q_dim + 4 * T * C * heads + T * q_dim) * b, 2 * C * kv_dim * b),
-            )
-        )
-        parts.append(Part("attn_norm_add", norm_add, Bytes(h * b, 4 * T * h * b, 0)))
-    if n > 0:
-        matrices = 3 if shape.gated_mlp else 2
-        mlp = 2 * T * h * n * matrices
-        bias = 0 if shape.gated_mlp else T * (n + h)  # fc1/fc2 biases (ViT blocks)
-        act = _ACT * T * n
-        norm_add = _NORM * T * h + T * h
-        elementwise += bias + act + norm_add
-        weights = matrices * h * n + h + (0 if shape.gated_mlp else n + h)
-        acts = (
-            (matrices - 1) * T * (h + n)  # gate and up (or fc1): load x, store n each
-            + (matrices - 1) * T * n
-            + T * n  # activation (times up): load, store
-            + T * (n + h)  # down (or fc2): load n, store h
-        )
-        parts.append(Part("mlp", mlp + bias + act, Bytes(weights * b, acts * b, 0)))
-        parts.append(Part("mlp_norm_add", norm_add, Bytes(h * b, 4 * T * h * b, 0)))
-    return LayerFlops(attn_proj, attn_scores, mlp, elementwise), tuple(parts)
+
+def _mlp(shape: TextShape | VisionShape, T: int, n: int, b: float) -> tuple[LayerFlops, tuple[Part, ...]]:
+    """The MLP half of a block with `n` intermediate neurons on, over T tokens: the matrices,
+    activation, biases (ViT blocks), norm and residual add."""
+    h = shape.hidden_size
+    matrices = 3 if shape.gated_mlp else 2
+    mlp = 2 * T * h * n * matrices
+    bias = 0 if shape.gated_mlp else T * (n + h)  # fc1/fc2 biases (ViT blocks)
+    act = _ACT * T * n
+    norm_add, norm_part = _norm_add("mlp_norm_add", T, h, b)
+    weights = matrices * h * n + h + (0 if shape.gated_mlp else n + h)
+    acts = (
+        (matrices - 1) * T * (h + n)  # gate and up (or fc1): load x, store n each
+        + (matrices - 1) * T * n
+        + T * n  # activation (times up): load, store
+        + T * (n + h)  # down (or fc2): load n, store h
+    )
+    parts = (Part("mlp", mlp + bias + act, Bytes(weights * b, acts * b, 0)), norm_part)
+    return LayerFlops(mlp=mlp, elementwise=bias + act + norm_add), parts
+
+
+def _norm_add(name: str, T: int, h: int, b: float) -> tuple[int, Part]:
+    """A pre-norm and its residual add over T tokens of width h: FLOPs and the roofline part."""
+    flops = _NORM * T * h + T * h
+    return flops, Part(name, flops, Bytes(h * b, 4 * T * h * b, 0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,66 +283,85 @@ def _vision(
 ) -> tuple[int, int, int, tuple]:
     """(tower FLOPs, projector FLOPs, elementwise FLOPs, parts) for `num_images` images whose
     projected features are `image_tokens` LLM tokens in all."""
-    v, p, b = shape.vision, shape.projector, dtype_bytes
+    v, b = shape.vision, dtype_bytes
     if num_images == 0:
         return 0, 0, 0, ()
+    embed, embed_elementwise, embed_part = _patch_embedding(v, num_images, b)
+    layers, layers_elementwise, layer_parts = _encoder_layers(v, num_images, b)
+    tower = embed + layers
+    elementwise = embed_elementwise + layers_elementwise
+    # post_layernorm: CLIP normalises the class token only, SigLIP every token.
+    post_tokens = 1 if v.kind == "clip" else v.seq_len
+    elementwise += num_images * _NORM * post_tokens * v.hidden_size
+    head_parts: tuple[Part, ...] = ()
+    if v.has_head:
+        head, head_part = _pooling_head(v, num_images, b)
+        tower += head
+        head_parts = (head_part,)
+    projector, projector_elementwise, projector_part = _projector(shape.projector, image_tokens, b)
+    elementwise += projector_elementwise
+    return tower, projector, elementwise, (embed_part, *layer_parts, *head_parts, projector_part)
+
+
+def _patch_embedding(v: VisionShape, num_images: int, b: float) -> tuple[int, int, Part]:
+    """(matmul FLOPs, elementwise FLOPs, part) of the patch and position embeddings (and CLIP's
+    pre-norm)."""
     h, S, P = v.hidden_size, v.seq_len, v.num_patches
     patch_in = v.num_channels * v.patch_size**2
-    parts: list[Part] = []
-    # Patch embedding: a stride-p convolution = [P, C p^2] @ [C p^2, h] per image.
+    # A stride-p convolution = [P, C p^2] @ [C p^2, h] per image.
     embed = 2 * num_images * P * patch_in * h
-    embed_elementwise = num_images * S * h  # + position embedding
+    elementwise = num_images * S * h  # + position embedding
     if v.kind == "clip":
-        embed_elementwise += num_images * _NORM * S * h  # pre_layrnorm
-    parts.append(
-        Part(
-            "vision.embed",
-            embed + embed_elementwise,
-            Bytes((patch_in * h + S * h) * b, num_images * (P * patch_in + S * h) * b, 0),
-        )
+        elementwise += num_images * _NORM * S * h  # pre_layrnorm
+    part = Part(
+        "vision.embed",
+        embed + elementwise,
+        Bytes((patch_in * h + S * h) * b, num_images * (P * patch_in + S * h) * b, 0),
     )
-    layer, layer_parts = _layer(v, S, S, None, None, dtype_bytes)
-    tower = embed + v.num_layers * num_images * layer.total
-    elementwise = embed_elementwise + v.num_layers * num_images * layer.elementwise
+    return embed, elementwise, part
+
+
+def _encoder_layers(v: VisionShape, num_images: int, b: float) -> tuple[int, int, list[Part]]:
+    """(matmul FLOPs, elementwise FLOPs, parts) of the tower's encoder layers over every image."""
+    S = v.seq_len
+    layer, layer_parts = _layer(v, S, S, None, None, b)
+    parts: list[Part] = []
     for part in layer_parts:
         # weights are read once per phase; activations scale with the number of images
         scaled = Bytes(
             part.bytes.weights, part.bytes.activations * num_images, part.bytes.kv_cache * num_images
         )
         parts.extend([Part("vision." + part.name, part.flops * num_images, scaled)] * v.num_layers)
-    # post_layernorm: CLIP normalises the class token only, SigLIP every token.
-    post_tokens = 1 if v.kind == "clip" else S
-    elementwise += num_images * _NORM * post_tokens * h
-    if v.has_head:
-        # SigLIP attention pooling: one probe query over S keys; k/v projections over all S tokens.
-        head = 2 * h * h * 2 + 2 * S * h * h * 2 + 2 * 2 * S * h + 2 * h * v.intermediate_size * 2
-        tower += num_images * head
-        parts.append(
-            Part(
-                "vision.head",
-                num_images * head,
-                Bytes((4 * h * h + 2 * h * v.intermediate_size) * b, num_images * 3 * S * h * b, 0),
-            )
-        )
-    # Projector over the image tokens that enter the LLM: [I, in] @ [in, hid], GELU, [I, hid] @ [hid, out].
-    I = image_tokens  # noqa: E741
+    return v.num_layers * num_images * layer.total, v.num_layers * num_images * layer.elementwise, parts
+
+
+def _pooling_head(v: VisionShape, num_images: int, b: float) -> tuple[int, Part]:
+    """SigLIP's attention pooling: one probe query over S keys; k/v projections over all S tokens."""
+    h, S = v.hidden_size, v.seq_len
+    head = 2 * h * h * 2 + 2 * S * h * h * 2 + 2 * 2 * S * h + 2 * h * v.intermediate_size * 2
+    part = Part(
+        "vision.head",
+        num_images * head,
+        Bytes((4 * h * h + 2 * h * v.intermediate_size) * b, num_images * 3 * S * h * b, 0),
+    )
+    return num_images * head, part
+
+
+def _projector(p: ProjectorShape, I: int, b: float) -> tuple[int, int, Part]:  # noqa: E741
+    """(matmul FLOPs, elementwise FLOPs, part) of the projector over the I image tokens that enter the
+    LLM: [I, in] @ [in, hid], GELU, [I, hid] @ [hid, out]."""
     projector = 2 * I * (p.in_features * p.hidden_features + p.hidden_features * p.out_features)
-    proj_elementwise = _ACT * I * p.hidden_features + (
-        I * (p.hidden_features + p.out_features) if p.bias else 0
+    elementwise = _ACT * I * p.hidden_features + (I * (p.hidden_features + p.out_features) if p.bias else 0)
+    part = Part(
+        "projector",
+        projector + elementwise,
+        Bytes(
+            (p.in_features * p.hidden_features + p.hidden_features * p.out_features) * b,
+            I * (p.in_features + 3 * p.hidden_features + p.out_features) * b,
+            0,
+        ),
     )
-    elementwise += proj_elementwise
-    parts.append(
-        Part(
-            "projector",
-            projector + proj_elementwise,
-            Bytes(
-                (p.in_features * p.hidden_features + p.hidden_features * p.out_features) * b,
-                I * (p.in_features + 3 * p.hidden_features + p.out_features) * b,
-                0,
-            ),
-        )
-    )
-    return tower, projector, elementwise, tuple(parts)
+    return projector, elementwise, part
 
 
 # --------------------------------------------------------------------------------------------------
