@@ -37,6 +37,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from adallava.core.config import AdaptiveConfig
 from adallava.data.conversation import IMAGE_TOKEN, ConversationCollator, ConversationDataset
 from adallava.engine.llava import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaLlava
+from adallava.engine.switches import unit_settings_of_other_kinds
 from adallava.train.args import TrainArgs
 
 LOG_FILE = "log.jsonl"
@@ -248,10 +249,11 @@ def _load_model(args: TrainArgs) -> nn.Module:
         # Keys left at None (num_prefix_layers, mlp_groups) mean "the checkpoint's".
         wanted = {k: v for k, v in adaptive.to_dict().items() if v is not None and k not in training}
         have = saved.to_dict()
-        if saved.switches == "head":  # mlp_groups None was resolved against the model
+        kind = type(model.switches)
+        if "mlp_groups" in kind.unit_settings:  # mlp_groups None was resolved against the model
             have["mlp_groups"] = model.geometry.mlp_groups
-        else:  # rank and MLP groups do not apply to layer switches
-            wanted = {k: v for k, v in wanted.items() if k not in ("rank", "mlp_groups")}
+        ignored = unit_settings_of_other_kinds(kind)  # e.g. rank and MLP groups for layer switches
+        wanted = {k: v for k, v in wanted.items() if k not in ignored}
         differ = [k for k, v in wanted.items() if have[k] != v]
         if differ:
             found = ", ".join(f"adaptive.{k}={have[k]!r}" for k in differ)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from adallava.engine.switches import switch_kind
 from adallava.io.checkpoint import DTYPES
 from adallava.io.convert_official import convert_official
 
@@ -55,9 +56,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     report = convert_official(args.from_official, args.vision_tower, args.out, args.dtype, args.seed)
     adaptive = report.adaptive
-    kind = "AdaLLaVA-L (layer switches)" if adaptive.switches == "layer" else (
-        f"AdaLLaVA-H (head switches, rank {adaptive.rank})"
-    )  # fmt: skip
+    kind = switch_kind(adaptive.switches).describe(adaptive)
     print(f"wrote {report.out_dir}")
     print(f"  {kind}; P = {adaptive.num_prefix_layers} of N = {report.num_layers} layers always run")
     print(f"  selection: {adaptive.selection}; token selection: {adaptive.token_selection}")

@@ -18,9 +18,23 @@ def switch_kind(name: str) -> type[SwitchKind]:
     return KINDS[name]
 
 
+def unit_settings_of_other_kinds(kind: type[SwitchKind]) -> set[str]:
+    """AdaptiveConfig keys that other kinds read and `kind` ignores (e.g. rank for layer switches)."""
+    return {key for other in KINDS.values() for key in other.unit_settings} - set(kind.unit_settings)
+
+
 def kind_of(plan: ExecutionPlan) -> type[SwitchKind]:
     """The kind a plan runs as (a plan with unit masks is a head plan)."""
     return KINDS[plan.kind]
 
 
-__all__ = ["KINDS", "HeadSwitches", "LayerSwitches", "StackRun", "SwitchKind", "kind_of", "switch_kind"]
+__all__ = [
+    "KINDS",
+    "HeadSwitches",
+    "LayerSwitches",
+    "StackRun",
+    "SwitchKind",
+    "kind_of",
+    "switch_kind",
+    "unit_settings_of_other_kinds",
+]

@@ -46,6 +46,7 @@ class SwitchKind(ABC):
 
     name: str  # the AdaptiveConfig.switches value that selects this kind
     label: str  # how the CLI and reports name a model with these switches
+    unit_settings: tuple[str, ...] = ()  # AdaptiveConfig keys only this kind reads (e.g. rank)
 
     def __init__(self, adaptive: AdaptiveConfig, text_config, shape: ModelShape):
         self.adaptive, self.text_config, self.shape = adaptive, text_config, shape
@@ -83,6 +84,11 @@ class SwitchKind(ABC):
     def run_layer(cls, layer: nn.Module, index: int, hidden: torch.Tensor, inputs: LayerInputs,
                   plan: ExecutionPlan, gates, run: StackRun) -> torch.Tensor:  # fmt: skip
         """Decoder layer `index` under `plan`; `gates` are training switch values (or None)."""
+
+    @classmethod
+    def describe(cls, adaptive: AdaptiveConfig) -> str:
+        """How the CLI names a model with these switches and settings."""
+        return cls.label
 
     @classmethod
     def needs_unit_gates(cls, plan: ExecutionPlan, gates, run: StackRun) -> bool:

@@ -52,6 +52,7 @@ class HeadSwitches(SwitchKind):
 
     name = "head"
     label = "AdaLLaVA-H (head switches)"
+    unit_settings = ("rank", "mlp_groups")
 
     def __init__(self, adaptive, text_config, shape):
         super().__init__(adaptive, text_config, shape)
@@ -86,8 +87,9 @@ class HeadSwitches(SwitchKind):
     def planner(self) -> HeadPlanner:
         return HeadPlanner(self.adaptive, self.num_layers, self.num_prefix, self.geometry, self.shape)
 
-    def describe(self) -> str:
-        return f"AdaLLaVA-H (head switches, rank {self.adaptive.rank})"
+    @classmethod
+    def describe(cls, adaptive) -> str:
+        return f"AdaLLaVA-H (head switches, rank {adaptive.rank})"
 
     @classmethod
     def run_layer(cls, layer, index, hidden, inputs, plan, gates, run: StackRun) -> torch.Tensor:
