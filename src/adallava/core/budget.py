@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -146,3 +147,46 @@ def over_budget(
     cost = torch.as_tensor(cost, dtype=torch.float64)
     cap = torch.as_tensor(budget, dtype=torch.float64) * torch.as_tensor(full_cost, dtype=torch.float64)
     return cost > cap * (1 + RELATIVE_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class BudgetSpace:
+    """The budget rules of one model, in one place (DESIGN.md): the decoder stack has Nu budget
+    units (layers, or groups of `rank` head units), Pu of them in the always-run prefix. A fraction
+    b in [b_min, 1] buys floor(Nu * b) - Pu upper units; FLOPs comparisons allow RELATIVE_TOLERANCE
+    so that a user's 0.3 (0.29999... in binary) buys what they meant."""
+
+    total_units: int  # Nu
+    prefix_units: int  # Pu
+
+    @property
+    def b_min(self) -> float:
+        """The smallest fraction a budget may be: the prefix's share of the decoder stack."""
+        return min_fraction(self.total_units, self.prefix_units)
+
+    def below_minimum(self, fraction: float) -> bool:
+        """Whether a fraction is below b_min (beyond the tolerance): it cannot be met."""
+        return fraction < self.b_min * (1 - RELATIVE_TOLERANCE)
+
+    def units_for(self, fraction: float) -> int:
+        """Upper units a fraction buys: floor(Nu * b) - Pu, never below 0."""
+        return upper_units_for_fraction(self.total_units, self.prefix_units, fraction)
+
+    def units_for_rows(self, fractions: torch.Tensor) -> torch.Tensor:
+        """`units_for` of each row's fraction. long [B]."""
+        return torch.tensor([self.units_for(float(f)) for f in fractions], dtype=torch.long)
+
+    def fractions(self, budget, batch_size: int, full_llm_flops=None) -> torch.Tensor:
+        """Any accepted budget form -> float64 fractions [B] in [b_min, 1] (see `budget_fractions`)."""
+        return budget_fractions(budget, batch_size, self.b_min, full_llm_flops)
+
+    @staticmethod
+    def capacity(fraction: float, layer_flops: float, num_layers: int, num_prefix: int) -> float:
+        """FLOPs a row may spend on upper units: its budget of the full stack (N layers of
+        `layer_flops` each) minus what the P prefix layers cost."""
+        return fraction * num_layers * layer_flops - num_prefix * layer_flops
+
+    @staticmethod
+    def violates(cost, full_cost, budget) -> torch.Tensor:
+        """bool [B]: rows whose cost exceeds budget x full cost beyond the tolerance."""
+        return over_budget(cost, full_cost, budget)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adallava.core.budget import BudgetSpace
 from adallava.core.config import AdaptiveConfig
 from adallava.core.cost.flops import head_unit_flops, layer_unit_flops, mlp_group_flops
 from adallava.core.cost.shapes import ModelShape
@@ -135,7 +136,7 @@ class HeadPlanner:
             per_layer += [mlp_group_flops(text, count, size) for size in sizes]
             rows.append(per_layer * upper)
             layer = layer_unit_flops(text, count, count)
-            capacity.append(fraction * self.num_layers * layer - self.num_prefix * layer)
+            capacity.append(BudgetSpace.capacity(fraction, layer, self.num_layers, self.num_prefix))
         return torch.tensor(rows, dtype=torch.float64), torch.tensor(capacity, dtype=torch.float64)
 
     def _view(self, switches: torch.Tensor) -> tuple[int, int, int]:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from adallava.core.budget import RELATIVE_TOLERANCE
+
 _EPS = 1e-10
 
 
@@ -76,7 +78,7 @@ def sample_mask_straight_through(
 
 # ---- units of unequal cost (head switches) ------------------------------------------------------
 
-FIT_TOLERANCE = 1e-9  # relative slack on capacities, as in adallava.budget
+FIT_TOLERANCE = RELATIVE_TOLERANCE  # relative slack on capacities: the budget rules' own
 
 
 def fit_in_order(scores: torch.Tensor, costs: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from adallava.core.budget import budget_fractions, min_fraction, upper_units_for_fraction
+from adallava.core.budget import BudgetSpace
 from adallava.core.config import AdaptiveConfig
 from adallava.core.cost.pricing import (
     BatchCost,
@@ -112,6 +112,7 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         self.shape = ModelShape.from_config(config)
         self.switches = switch_kind(self.adaptive.switches)(self.adaptive, text_config, self.shape)
         self.geometry = self.switches.geometry
+        self.budgets = BudgetSpace(self.switches.total_units, self.switches.prefix_units)
         self.slices = SliceCache()  # sliced layers of head plans, built once per plan
         # How head plans run at inference: "sliced" (rows grouped by plan, each group on weights
         # sliced to its plan) or "masked" (every row runs full layers with off units zeroed; no
@@ -252,14 +253,11 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
     @property
     def b_min(self) -> float:
         """The smallest fraction a budget may be: the prefix layers' share of the decoder stack."""
-        return min_fraction(self.total_units, self.prefix_units)
+        return self.budgets.b_min
 
     def units_for(self, fractions: torch.Tensor) -> torch.Tensor:
         """Budget units each row's fraction buys: n = floor(Nu * b) - Pu (DESIGN.md). long [B]."""
-        return torch.tensor(
-            [upper_units_for_fraction(self.total_units, self.prefix_units, float(f)) for f in fractions],
-            dtype=torch.long,
-        )
+        return self.budgets.units_for_rows(fractions)
 
     # ---- forward ------------------------------------------------------------------------------
     def get_input_embeddings(self):
@@ -345,7 +343,7 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             raise ValueError("a budget is turned into a plan at prefill; for later steps pass plan=out.plan")
         # The request's tokens include its latency token; absolute caps are converted against that.
         full_llm = full_llm_flops(self.shape, run.attention_mask.sum(-1).cpu() + 1)
-        run.fractions = budget_fractions(budget, run.batch, self.b_min, full_llm)
+        run.fractions = self.budgets.fractions(budget, run.batch, full_llm)
         run.units = self.units_for(run.fractions).to(run.hidden.device)  # [B]
         run.latency_positions = positions = latency_positions(run.attention_mask, run.labels)  # [B]
         token = self.latency_encoder(run.units, self.total_units, self.prefix_units)  # [B, D]

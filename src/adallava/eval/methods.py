@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adallava.core.budget import RELATIVE_TOLERANCE, upper_units_for_fraction
+from adallava.core.budget import RELATIVE_TOLERANCE, BudgetSpace
 from adallava.core.plan import ExecutionPlan
 
 EXHAUSTIVE_MAX_UPPER = 8
@@ -43,8 +43,13 @@ class Depth:
         return self.num_layers - self.num_prefix
 
     @property
+    def budgets(self) -> BudgetSpace:
+        """Budget units are layers here: plans for layer switches (baselines)."""
+        return BudgetSpace(self.num_layers, self.num_prefix)
+
+    @property
     def b_min(self) -> float:
-        return self.num_prefix / self.num_layers
+        return self.budgets.b_min
 
 
 # ---- pure plan rules ----------------------------------------------------------------------------------
@@ -56,12 +61,12 @@ def early_exit_layers(num_layers: int, budget: float) -> int:
 def upper_layers_for(depth: Depth, budget: float) -> int:
     """Upper layers a budget buys with the prefix always on: floor(N * b) - P. A budget below the prefix's
     share P / N cannot be met and is a ValueError."""
-    if budget < depth.b_min * (1 - RELATIVE_TOLERANCE):
+    if depth.budgets.below_minimum(budget):
         raise ValueError(
             f"budget {budget:g} is below what the {depth.num_prefix} always-run prefix layers of "
             f"{depth.num_layers} cost ({depth.b_min:g}); --budgets must be >= {depth.b_min:g} for this method"
         )
-    return upper_units_for_fraction(depth.num_layers, depth.num_prefix, budget)
+    return depth.budgets.units_for(budget)
 
 
 def random_upper_order(num_upper: int, key: str, seed: int) -> list[int]:
@@ -172,7 +177,7 @@ class Adaptive:
                 "--methods adaptive needs an adallava checkpoint (a folder with adaptive_config.json); this "
                 "model is a plain HF Llava: evaluate it with early-exit, random, static or full"
             )
-        low = [b for b in budgets if b < depth.b_min * (1 - RELATIVE_TOLERANCE)]
+        low = [b for b in budgets if depth.budgets.below_minimum(b)]
         if low:
             raise ValueError(
                 f"--budgets {low[0]:g} is below the model's smallest budget b_min = {depth.b_min:g} (its "
