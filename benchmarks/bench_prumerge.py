@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the loop reference lives with its test
+sys.path.insert(0, str(ROOT / "tests" / "engine"))  # the loop reference lives with its test
+
+from test_prumerge import reference_prumerge  # noqa: E402
 
 from adallava.engine.tokens import prumerge, prumerge_plus  # noqa: E402
-from test_prumerge import reference_prumerge  # noqa: E402
 
 N, WIDTH = 576, 1024
 

@@ -177,7 +177,9 @@ def build_processor(
     )
 
 
-def tiny_llava_config(vocab_size: int, spec: TinyLlavaSpec = TinyLlavaSpec()) -> LlavaConfig:
+def world_model_config(vocab_size: int, spec: TinyLlavaSpec = TinyLlavaSpec()) -> LlavaConfig:
+    """The bundled models' architecture: a Llama text model and a CLIP tower of `spec`'s shape, for
+    the world's vocabulary (`adallava.testing.tiny_llava_config` makes random test models instead)."""
     text_config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
@@ -243,7 +245,7 @@ def build_tiny_llava(
     processor = build_processor(tokenizer, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(tiny_llava_config(len(tokenizer), spec))
+        model = LlavaForConditionalGeneration(world_model_config(len(tokenizer), spec))
     generation = model.generation_config
     generation.bos_token_id, generation.eos_token_id, generation.pad_token_id = BOS_ID, EOS_ID, PAD_ID
     generation.max_new_tokens = 24  # the longest answer (a caption of 7 objects) is 14 words

@@ -6,7 +6,7 @@ classes we subclass, the cache slot of an attention module. Each item says which
 behaviour it relies on and the releases it was checked against. The rest of the package imports only
 public transformers API and this module, so a new release should need changes here and nowhere else.
 
-Releases checked: 5.15.0 (the oldest allowed), 5.23.0, 5.24.0, 5.25.0; `tests/test_hf_compat.py`
+Releases checked: 5.15.0 (the oldest allowed), 5.23.0, 5.24.0, 5.25.0; `tests/engine/test_hf_compat.py`
 pins the behaviour relied on.
 Why not older: before 5.15 `generate` hands `pixel_values` to every decoding step (HF Llava then
 fails its image-token check), and before 5.6 the masking utilities need `cache_position`.

@@ -3,7 +3,7 @@
 The one path from prompts to answers that `adallava ask` (a batch of one) and `adallava serve` (the
 requests that arrived together) share: encode each request once, left-pad them into one batch, call
 `AdaLlava.generate` with a budget per row, and read back each row's answer, plan and FLOPs. Greedy
-decoding, so a row's answer does not depend on its batch-mates (tests/test_model.py checks that
+decoding, so a row's answer does not depend on its batch-mates (tests/engine/test_decoder.py checks that
 batched generation equals one request at a time). `adallava eval` answers through the same call, with
 explicit plans for its baselines and `prefill_batch` to time the first token.
 """

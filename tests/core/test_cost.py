@@ -29,7 +29,7 @@ from adallava.core.cost.flops import (
 from adallava.core.cost.hardware import PRESETS, get_hardware, roofline_time
 from adallava.core.cost.shapes import ModelShape, TextShape
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LLAVA_7B = FIXTURES / "llava-1.5-7b" / "config.json"
 LLAVA_13B = FIXTURES / "llava-1.5-13b"
 IMAGE, TEXT = 576, 110  # the token counts docs/cost-model.md assumes for the paper's Table 1

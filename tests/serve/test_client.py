@@ -11,7 +11,7 @@ import pytest
 
 from tests.serving import SCENE, chat_body, live_server
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "openai_client.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "openai_client.py"
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from adallava.core.settings import field_help
 from adallava.testing import tiny_inputs
 from adallava.train.args import TrainArgs
 from adallava.train.recipe import EpochSampler, lr_factor, merge_lora, sample_budgets, train
-from tests.test_conversation import make_world
+from tests.data.test_conversation import make_world
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from adallava.engine.llava import AdaGenerateOutput, AdaLlavaOutput
 from adallava.testing import tiny_inputs, tiny_llava
 
 pytestmark = pytest.mark.core
-SRC = Path(__file__).resolve().parents[1] / "src" / "adallava"
+SRC = Path(__file__).resolve().parents[2] / "src" / "adallava"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """LLaVA conversation data: prompts, answer-only labels, loud errors for bad records, the collator.
 
 Also home of `make_world`, the tiny offline setup (model folder, processor, images, LLaVA JSON) that
-tests/test_train.py trains on.
+tests/train/test_recipe.py trains on.
 """
 
 import json

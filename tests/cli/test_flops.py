@@ -13,7 +13,7 @@ from adallava.cli import command
 from adallava.core.cost.flops import prefill_cost
 from adallava.core.cost.shapes import ModelShape
 
-CONFIG = Path(__file__).parent / "fixtures" / "llava-1.5-7b" / "config.json"
+CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "llava-1.5-7b" / "config.json"
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import torch
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.testing import tiny_inputs, tiny_llava
+from tests.engine.test_decoder import hf_with_layers
 from tests.helpers import assert_generates_as_one_at_a_time
-from tests.test_model import hf_with_layers
 
 pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
 
