@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from adallava.engine.tokens import MergedTokens, prumerge, prumerge_plus
-from adallava.engine.tokens.prumerge import cls_attention, kept_count, outlier_count
+from adallava.engine.tokens.prumerge import cls_attention, kept_count, outlier_count, spatial_mask
 
 # ---------------------------------------------------------------------------------------------
 # Loop reference
@@ -46,9 +46,15 @@ def _outlier_ratio(cls_attn: torch.Tensor) -> float:
 
 
 def reference_prumerge(
-    features: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor, *, plus: bool = False
+    features: torch.Tensor,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    plus: bool = False,
+    offset: bool = False,
 ) -> list[torch.Tensor]:
-    """Per image, per kept token. Returns one ``[K + 1, C]`` tensor per image."""
+    """Per image, per kept token. Returns one ``[K + 1, C]`` tensor per image. PruMerge+'s grid
+    starts at 0 (AdaLLaVA's ``prune_merge_plus``) or, with ``offset``, at ``int(step / 6)``."""
     dtype = torch.promote_types(features.dtype, torch.float32)
     out = []
     for b in range(features.shape[0]):
@@ -63,7 +69,8 @@ def reference_prumerge(
         if plus and ratio > 0:
             step = int(1 / ratio)
             kept = set(idx)
-            idx += [p for p in range(int(step / 6), n - 1, max(int(step / 3), 1)) if p not in kept]
+            start = int(step / 6) if offset else 0
+            idx += [p for p in range(start, n - 1, max(int(step / 3), 1)) if p not in kept]
         compl = sorted(set(range(n)) - set(idx))
 
         unit_keys = F.normalize(k[1:], p=2, dim=-1)  # [N, D]
@@ -117,11 +124,13 @@ def test_prumerge_matches_loop_reference(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_prumerge_plus_matches_loop_reference(seed):
+@pytest.mark.parametrize("sampling", ["adallava", "offset"])
+def test_prumerge_plus_matches_loop_reference(seed, sampling):
     features, queries, keys = make_inputs(5, 96, 24, 32, seed=seed)
-    merged = prumerge_plus(features, queries, keys)
+    merged = prumerge_plus(features, queries, keys, sampling=sampling)
     assert len(set(merged.lengths.tolist())) > 1
-    _assert_matches_reference(merged, reference_prumerge(features, queries, keys, plus=True))
+    expected = reference_prumerge(features, queries, keys, plus=True, offset=sampling == "offset")
+    _assert_matches_reference(merged, expected)
 
 
 def test_llava_grid_matches_loop_reference():
@@ -234,11 +243,12 @@ def test_extra_token_is_last_and_sums_the_unselected(fn):
         assert_close(merged.tokens[r, n - 1], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_prumerge_plus_appends_spatial_tokens():
+@pytest.mark.parametrize("sampling", ["adallava", "offset"])
+def test_prumerge_plus_appends_spatial_tokens(sampling):
     n = 576
     features, queries, keys = make_inputs(3, n, 8, 32, seed=11)
     base = prumerge(features, queries, keys)
-    plus = prumerge_plus(features, queries, keys)
+    plus = prumerge_plus(features, queries, keys, sampling=sampling)
     counts = outlier_count(cls_attention(queries, keys))
     assert (plus.lengths > base.lengths).all()
     for r in range(3):
@@ -246,9 +256,64 @@ def test_prumerge_plus_appends_spatial_tokens():
         kept = base.kept_indices[r, :k].tolist()
         assert plus.kept_indices[r, :k].tolist() == kept  # same outliers, same order
         step = int(1 / (int(counts[r]) / n))
-        grid = range(int(step / 6), 575, int(step / 3))  # the authors' end, 575 for N = 576
+        start = int(step / 6) if sampling == "offset" else 0
+        grid = range(start, 575, int(step / 3))  # the authors' end, 575 for N = 576
         added = plus.kept_indices[r, k : int(plus.lengths[r]) - 1].tolist()
         assert added == [p for p in grid if p not in kept]
+
+
+# Hand-worked case: N = 40 patches, 4 outliers -> ratio 4/40 = 0.1, step = int(1 / 0.1) = 10,
+# stride = int(10 / 3) = 3, and the grid ends before N - 1 = 39 (the authors' 575 for N = 576).
+# AdaLLaVA (prumerge_utils.prune_merge_plus): arange(0, 39, 3); LLaVA-PruMerge 9d6586e:
+# arange(int(10 / 6) = 1, 39, 3).
+HAND_ADALLAVA_GRID = [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36]
+HAND_OFFSET_GRID = [1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37]
+HAND_OUTLIERS = [3, 10, 20, 33]  # in descending attention
+
+
+def hand_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image, N = 40, D = 4: the CLS query [2, 0, 0, 0] makes a patch's score its key's first
+    coordinate (2 / sqrt(4) = 1): 3.0, 2.9, 2.8, 2.7 at HAND_OUTLIERS, 0.00-0.06 elsewhere, so exactly
+    those four are above Q3 + 1.5 IQR."""
+    n = 40
+    keys = torch.zeros(1, n + 1, 4)
+    keys[0, 1:, 0] = torch.tensor([(p % 7) * 0.01 for p in range(n)])
+    for rank, patch in enumerate(HAND_OUTLIERS):
+        keys[0, 1 + patch, 0] = 3.0 - 0.1 * rank
+    keys[0, 1:, 1] = torch.arange(n) / n  # distinct keys for the neighbour search
+    queries = torch.zeros(1, n + 1, 4)
+    queries[0, 0, 0] = 2.0
+    features = torch.randn(1, n, 6, generator=torch.Generator().manual_seed(0))
+    return features, queries, keys
+
+
+def test_spatial_grids_of_both_variants_by_hand():
+    # Bug: PruMerge+ sampling the grid of the wrong authors (a converted *-prumerge-plus checkpoint
+    # then sees other visual tokens than it was trained on).
+    counts = torch.tensor([4])
+    adallava = spatial_mask(counts, 40, sampling="adallava")[0].nonzero().flatten().tolist()
+    offset = spatial_mask(counts, 40, sampling="offset")[0].nonzero().flatten().tolist()
+    assert adallava == HAND_ADALLAVA_GRID
+    assert offset == HAND_OFFSET_GRID
+    assert not set(adallava) & set(offset)  # stride 3 and start 1: the grids never meet
+
+
+def test_prumerge_plus_variants_keep_the_hand_worked_tokens():
+    # Bug: 'prumerge+' (the default, and what conversion maps the authors' 'prumerge+' to) not
+    # following AdaLLaVA's grid, or the variants differing in their outliers rather than the grid.
+    features, queries, keys = hand_inputs()
+    assert int(outlier_count(cls_attention(queries, keys))[0]) == 4
+    default = prumerge_plus(features, queries, keys)
+    offset = prumerge_plus(features, queries, keys, sampling="offset")
+    expected_default = HAND_OUTLIERS + [p for p in HAND_ADALLAVA_GRID if p not in HAND_OUTLIERS]
+    expected_offset = HAND_OUTLIERS + [p for p in HAND_OFFSET_GRID if p not in HAND_OUTLIERS]
+    assert default.kept_indices[0].tolist() == expected_default
+    assert offset.kept_indices[0].tolist() == expected_offset
+    # The same outliers first; the spatial tokens differ (3 and 33 are outliers and on AdaLLaVA's
+    # grid, so it adds 11 patches; 10 is on the offset grid, so that one adds 12).
+    assert default.lengths.tolist() == [4 + 11 + 1] and offset.lengths.tolist() == [4 + 12 + 1]
+    with pytest.raises(ValueError, match=r"sampling must be one of \('adallava', 'offset'\), got 'llava'"):
+        prumerge_plus(features, queries, keys, sampling="llava")
 
 
 @pytest.mark.parametrize("fn", [prumerge, prumerge_plus])

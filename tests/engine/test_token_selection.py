@@ -110,3 +110,38 @@ def test_towers_without_cls_are_refused_with_the_alternative():
     inputs = tiny_inputs(config, [4], seed=10)
     with pytest.raises(ValueError, match="token_selection='none'"), torch.no_grad():
         model(**inputs)
+
+
+# ---- which PruMerge+ grid a name and a converted checkpoint get (issue 14) -----------------------
+
+
+def test_token_selection_names_are_checked_and_each_has_a_method():
+    # Bug: an unknown name (e.g. 'prumerge+llava') accepted, or a name with no method behind it.
+    from adallava.core.config import TOKEN_SELECTIONS
+    from adallava.engine.tokens.selection import METHODS
+
+    allowed = r"\('none', 'prumerge', 'prumerge\+', 'prumerge\+offset'\)"
+    with pytest.raises(ValueError, match=f"token_selection must be one of {allowed}, got 'prumerge\\+llava'"):
+        AdaptiveConfig(token_selection="prumerge+llava")
+    assert set(METHODS) == set(TOKEN_SELECTIONS) - {"none"}
+
+
+def test_converted_prumerge_plus_checkpoint_samples_adallavas_grid(tmp_path):
+    # Bug: an official *-prumerge-plus checkpoint converted to the LLaVA-PruMerge 9d6586e grid, so it
+    # sees other visual tokens than it was trained on; or the authors' config accepting our own name.
+    import json
+
+    from adallava.engine.tokens.selection import METHODS
+    from adallava.io.official_format import adaptive_config_from_official, read_official_config
+    from tests.engine.test_prumerge import HAND_ADALLAVA_GRID, HAND_OUTLIERS, hand_inputs
+    from tests.io.test_convert_official import official_config
+
+    config = official_config("L", None, "float32") | {"token_selecting": "prumerge+"}
+    adaptive = adaptive_config_from_official(config)
+    assert adaptive.token_selection == "prumerge+"
+    merged = METHODS[adaptive.token_selection](*hand_inputs())
+    spatial = [p for p in HAND_ADALLAVA_GRID if p not in HAND_OUTLIERS]  # by hand, test_prumerge.py
+    assert merged.kept_indices[0].tolist() == HAND_OUTLIERS + spatial
+    (tmp_path / "config.json").write_text(json.dumps(config | {"token_selecting": "prumerge+offset"}))
+    with pytest.raises(ValueError, match="token_selecting must be one of .*got 'prumerge\\+offset'"):
+        read_official_config(tmp_path)

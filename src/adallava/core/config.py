@@ -9,7 +9,11 @@ from typing import Any
 SWITCH_KINDS = ("layer", "head")
 SELECTION_RULES = ("adallava", "official")
 SCHEDULER_KINDS = ("probabilistic", "deterministic")
-TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+")
+TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+", "prumerge+offset")
+"""'prumerge+' samples PruMerge+'s spatial patches from patch 0, as AdaLLaVA's code (and the official
+*-prumerge-plus checkpoints); 'prumerge+offset' from int(step / 6), as LLaVA-PruMerge commit 9d6586e."""
+OFFICIAL_TOKEN_SELECTIONS = ("none", "prumerge", "prumerge+")
+"""The values of the authors' `token_selecting` (each maps to the token_selection of the same name)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class AdaptiveConfig:
     selection: str = "adallava"
     """'adallava' (take units in scheduler order while they fit) or 'official' (the authors' rule)."""
     token_selection: str = "none"
-    """Visual token selection before the LLM: 'none', 'prumerge' or 'prumerge+'."""
+    """Visual token selection before the LLM: 'none', 'prumerge', 'prumerge+' (spatial samples from
+    patch 0, as AdaLLaVA's code) or 'prumerge+offset' (from int(step / 6), as LLaVA-PruMerge 9d6586e)."""
     scheduler: str = "probabilistic"
     """'probabilistic' (the paper's method: plans sampled within the budget) or 'deterministic' (the
     ablation of Sec. 3.3 / Table 2: hard plans from thresholded switch probabilities, trained with

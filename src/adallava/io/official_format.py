@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-from adallava.core.config import TOKEN_SELECTIONS, AdaptiveConfig
+from adallava.core.config import OFFICIAL_TOKEN_SELECTIONS, AdaptiveConfig
 
 OFFICIAL_MODEL_TYPE = "ada_llava_llama"
 
@@ -103,9 +103,10 @@ def _check_llava_options(path: Path, config: dict[str, Any]) -> None:
             f"{path}: image_aspect_ratio {config['image_aspect_ratio']!r} is not supported; "
             "LLaVA-1.5 uses 'pad'"
         )
-    if config.get("token_selecting", "none") not in TOKEN_SELECTIONS:
+    if config.get("token_selecting", "none") not in OFFICIAL_TOKEN_SELECTIONS:
         raise ValueError(
-            f"{path}: token_selecting must be one of {TOKEN_SELECTIONS}, got {config['token_selecting']!r}"
+            f"{path}: token_selecting must be one of {OFFICIAL_TOKEN_SELECTIONS}, "
+            f"got {config['token_selecting']!r}"
         )
 
 
@@ -149,6 +150,8 @@ def adaptive_config_from_official(config: dict[str, Any], latency_frequencies: i
         mlp_groups=heads if switches == "head" else None,
         latency_frequencies=latency_frequencies,
         selection="official",
+        # The authors' 'prumerge+' is our 'prumerge+' (spatial samples from patch 0, as their
+        # prumerge_utils.prune_merge_plus), not 'prumerge+offset'.
         token_selection=config.get("token_selecting", "none"),
     ).resolve(config["num_hidden_layers"])
 

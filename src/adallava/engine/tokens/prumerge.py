@@ -27,6 +27,11 @@ NEIGHBOURS = 32
 _IQR_FENCE = 1.5
 """Tukey's upper fence: an attention is an outlier when above Q3 + 1.5 IQR."""
 
+SPATIAL_SAMPLINGS = ("adallava", "offset")
+"""PruMerge+'s spatial grids: 'adallava' starts at patch 0 (AdaLLaVA's code, the official
+``*-prumerge-plus`` checkpoints, LLaVA-PruMerge's main branch); 'offset' starts at ``int(step / 6)``
+(LLaVA-PruMerge commit ``9d6586e``, April 2024). See docs/token-selection.md."""
+
 
 @dataclass(frozen=True)
 class MergedTokens:
@@ -75,19 +80,26 @@ def prumerge(
 
 
 def prumerge_plus(
-    features: Tensor, queries: Tensor, keys: Tensor, *, neighbours: int = NEIGHBOURS
+    features: Tensor,
+    queries: Tensor,
+    keys: Tensor,
+    *,
+    neighbours: int = NEIGHBOURS,
+    sampling: str = "adallava",
 ) -> MergedTokens:
     """PruMerge+: PruMerge whose kept set is topped up with spatially uniform patches.
 
-    Same arguments as ``prumerge``. After the ``K_r`` outliers come the sampled positions
-    ``start, start + stride, ... < N - 1`` that are not already kept, in ascending order, with
-    ``step = int(1 / ratio)``, ``start = int(step / 6)``, ``stride = int(step / 3)``.
+    Same arguments as ``prumerge``, plus ``sampling`` (one of ``SPATIAL_SAMPLINGS``): after the
+    ``K_r`` outliers come the sampled positions ``start, start + stride, ... < N - 1`` that are not
+    already kept, in ascending order, with ``step = int(1 / ratio)``, ``stride = int(step / 3)`` and
+    ``start = 0`` ('adallava', the AdaLLaVA checkpoints' rule) or ``int(step / 6)`` ('offset').
     """
     attn = cls_attention(queries, keys)  # [B, N]
     _check_features(features, attn)
     counts = outlier_count(attn)  # [B]
     num_kept = kept_count(counts, attn.shape[1])  # [B]
-    selected, num_selected = _order_selection(attn, num_kept, spatial=spatial_mask(counts, attn.shape[1]))
+    spatial = spatial_mask(counts, attn.shape[1], sampling=sampling)  # [B, N]
+    selected, num_selected = _order_selection(attn, num_kept, spatial=spatial)
     return _merge(features, keys, attn, selected, num_selected, neighbours)
 
 
@@ -137,17 +149,21 @@ def kept_count(counts: Tensor, num_patches: int) -> Tensor:
     return (num_patches * ratio).floor().to(torch.int64)  # [B]
 
 
-def spatial_mask(counts: Tensor, num_patches: int) -> Tensor:
+def spatial_mask(counts: Tensor, num_patches: int, *, sampling: str = "adallava") -> Tensor:
     """PruMerge+'s uniformly sampled positions, ``[B, N]`` bool (before removing kept patches).
 
-    ``arange(int(step / 6), N - 1, int(step / 3))`` with ``step = int(1 / ratio)``; the authors wrote
-    the end as 575 for N = 576. A row without outliers divides by zero in their code; here it takes
-    the limit ratio -> 0 (the start passes the end): no samples.
+    ``arange(start, N - 1, int(step / 3))`` with ``step = int(1 / ratio)`` and ``start = 0``
+    ('adallava': Jav1Star/AdaLLaVA-X ``prumerge_utils.py``, ``prune_merge_plus``, and
+    42Shawn/LLaVA-PruMerge from ``6901bd7`` on) or ``start = int(step / 6)`` ('offset':
+    LLaVA-PruMerge ``9d6586e``). The authors wrote the end as 575 for N = 576. A row without
+    outliers divides by zero in their code; here it gets no samples in either variant.
     """
+    if sampling not in SPATIAL_SAMPLINGS:
+        raise ValueError(f"PruMerge+ sampling must be one of {SPATIAL_SAMPLINGS}, got {sampling!r}")
     ratio = counts.to(torch.float64) / num_patches  # [B]
     has_outliers = counts > 0  # [B]
     step = torch.where(has_outliers, (1.0 / ratio).floor(), torch.zeros_like(ratio)).to(torch.int64)  # [B]
-    start = step // 6  # [B]
+    start = step // 6 if sampling == "offset" else torch.zeros_like(step)  # [B]
     # The IQR rule flags under ~25% of patches, so step >= 4 and stride >= 1; clamp for tiny N only.
     stride = (step // 3).clamp(min=1)  # [B]
     pos = torch.arange(num_patches, device=counts.device)  # [N]

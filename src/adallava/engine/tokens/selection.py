@@ -11,12 +11,19 @@ docs/token-selection.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from adallava.engine.tokens.prumerge import prumerge, prumerge_plus
 
-METHODS = {"prumerge": prumerge, "prumerge+": prumerge_plus}
+# Every AdaptiveConfig.token_selection but 'none'. 'prumerge+' samples its spatial patches as the
+# AdaLLaVA checkpoints were trained (from patch 0); 'prumerge+offset' as LLaVA-PruMerge 9d6586e.
+METHODS = {
+    "prumerge": prumerge,
+    "prumerge+": partial(prumerge_plus, sampling="adallava"),
+    "prumerge+offset": partial(prumerge_plus, sampling="offset"),
+}
 
 
 @dataclass(frozen=True)
