@@ -3,7 +3,7 @@ straight-through switch values that gate the layers or units). One planner per s
 
 - `LayerPlanner`: exactly the n upper layers the budget buys (top-k, or sampled without replacement);
 - `HeadPlanner`: head units and MLP groups taken in scheduler order while they fit the row's FLOPs
-  capacity (or the official rule for converted checkpoints);
+  capacity, or (`selection="official"`) the authors' rule, in training and at inference alike;
 - both: the deterministic ablation (`deterministic`): thresholded switches plus a latency loss,
   budgets not enforced (paper Table 2).
 """
@@ -25,10 +25,21 @@ from adallava.core.selection import (
     greedy_mask,
     gumbel_noise,
     gumbel_topk_mask,
-    official_head_selection,
+    official_head_gates,
+    official_noise,
+    official_units,
     sample_fit_straight_through,
     sample_mask_straight_through,
 )
+
+
+def budget_units(adaptive: AdaptiveConfig, budgets: BudgetSpace, fractions: torch.Tensor, dtype: torch.dtype):
+    """Upper units each row's budget buys. long [B]. The default rule is floor(Nu * b) - Pu with a
+    relative tolerance (a user's 0.57 of 100 units buys 57); `selection="official"` repeats the authors'
+    arithmetic in the model's `dtype` (`official_units`), so converted checkpoints plan as they did."""
+    if adaptive.selection == "official":
+        return official_units(fractions, budgets.total_units, budgets.prefix_units, dtype)
+    return budgets.units_for_rows(fractions)
 
 
 def latency_loss(share: torch.Tensor, fractions: torch.Tensor, num_prefix: int, num_layers: int):
@@ -93,16 +104,10 @@ class HeadPlanner:
     shape: ModelShape
 
     def choose(self, logits, units, fractions, tokens, *, training: bool, sample: bool, generator=None):
-        """Units in scheduler order while they fit the row's FLOPs capacity (the official rule for
-        converted checkpoints at inference: see `official_head_selection`)."""
-        if self.adaptive.selection == "official" and not training:
-            noise = gumbel_noise(logits.shape, logits.device, generator) if sample else None
-            view = self._view(logits)
-            heads, mlp = official_head_selection(
-                logits.view(view), units, self.geometry.head_units, self.adaptive.rank,
-                None if noise is None else noise.view(view),
-            )  # fmt: skip
-            return self._plan(heads, mlp), None
+        """Units in scheduler order while they fit the row's FLOPs capacity, or the official rule
+        (`selection="official"`: see `official`)."""
+        if self.adaptive.selection == "official":
+            return self.official(logits, units, training=training, sample=sample, generator=generator)
         costs, capacity = self.unit_costs(tokens, fractions)  # [B, S], [B] FLOPs
         costs, capacity = costs.to(logits.device), capacity.to(logits.device)
         gates = None
@@ -114,6 +119,23 @@ class HeadPlanner:
             scores = logits + gumbel_noise(logits.shape, logits.device, generator) if sample else logits
             on = fit_in_order(scores, costs, capacity)
         return self._plan(*self._split(on)), gates
+
+    def official(self, logits, units, *, training: bool, sample: bool, generator=None):
+        """The authors' rule (`official_head_gates`), one rule for training and inference: training
+        samples it with fresh Gumbel noise per pick and straight-through gates, as their scheduler;
+        inference takes it greedily (their inference) or, with `sample`, with noise drawn exactly as
+        training draws it, so a seeded generator gives the same plan in both."""
+        view = self._view(logits)
+        steps = int(units.max().item()) if units.numel() else 0
+        noise = official_noise(steps, view, logits.device, generator) if training or sample else None
+        values = logits if training else logits.detach()
+        gates = official_head_gates(
+            values.view(view), units, self.geometry.head_units, self.adaptive.rank, self.adaptive.tau, noise
+        )  # [B, N-P, 2H]
+        on = gates.detach() > 0.5
+        heads = self.geometry.head_units
+        plan = self._plan(on[..., :heads], on[..., heads:])
+        return plan, ((gates[..., :heads], gates[..., heads:]) if training else None)
 
     def deterministic(self, logits, fractions, tokens, *, training: bool):
         """Unit u runs when sigmoid(logit_u) > 0.5, whatever the budget; the expected cost weighs each

@@ -7,7 +7,9 @@ Selection is pure tensor math on logits, kept apart from the module so that it i
   straight-through estimator, so every sampled plan keeps the budget and gradients reach the logits.
 - `fit_in_order` / `sample_fit_straight_through`: the same for units of unequal cost (heads and MLP
   groups), taken in scheduler order while they fit a FLOPs capacity.
-- `official_head_selection`: the official AdaLLaVA-H rule, for converted checkpoints.
+- `official_head_gates` / `official_head_selection`: the official AdaLLaVA-H rule (training, with
+  the authors' straight-through gradients, and inference), and `official_units`, the authors'
+  budget arithmetic, for converted checkpoints.
 """
 
 from __future__ import annotations
@@ -120,28 +122,109 @@ def sample_fit_straight_through(
     return hard.to(logits.dtype) - soft.detach() + soft
 
 
-def official_head_selection(
-    logits: torch.Tensor, units: torch.Tensor, heads: int, rank: int, noise: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official AdaLLaVA-H rule (DESIGN.md). logits [B, L, 2*heads] per upper layer (head
-    logits, then MLP-group logits); units long [B]. Each unit picks the best not-yet-taken element
-    over all layers (with `noise` added when sampling), which names a layer; in that layer it takes
-    the top `rank` not-yet-taken heads and top `rank` not-yet-taken MLP groups.
-    Returns bool heads [B, L, heads], mlp [B, L, heads]."""
+# ---- the official AdaLLaVA-H rule --------------------------------------------------------------
+# Jav1Star/AdaLLaVA-X, src/adallava/model/scheduler/scheduler_utils.py: `latency_quantizing`,
+# `masked_gumbel_softmax`, `masked_gumbel_softmax_topk`, `n_times_gumbel_softmax_head_version`.
+
+OfficialNoise = tuple[torch.Tensor, torch.Tensor]
+"""Gumbel noise of the official rule: (layer picks [U, B, L, 2H], in-layer picks [U, B, 2H]); step u
+uses row u of each, as the authors draw fresh noise for every pick."""
+
+
+def official_units(
+    fractions: torch.Tensor, total_units: int, prefix_units: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Units a budget buys under the authors' arithmetic, `relu(floor(Nu * latency) - Pu)` with the
+    latency a tensor of the model's dtype (their `generate`: `torch.full(..., latency, dtype=self.dtype)`,
+    then `latency_quantizing`), so a float16 model at 0.57 of 100 units gets floor(56.97) = 56, not 57.
+    fractions [B] -> long [B]."""
+    latency = fractions.to(dtype)  # [B]
+    return torch.relu(torch.floor(total_units * latency) - prefix_units).long()
+
+
+def official_noise(
+    steps: int, shape: tuple[int, int, int], device: torch.device, generator: torch.Generator | None = None
+) -> OfficialNoise:
+    """Noise for `steps` units of the official rule on logits of `shape` [B, L, 2H]."""
+    batch, layers, width = shape
+    layer = gumbel_noise(torch.Size((steps, batch, layers, width)), device, generator)
+    units = gumbel_noise(torch.Size((steps, batch, width)), device, generator)
+    return layer, units
+
+
+def official_head_gates(
+    logits: torch.Tensor, units: torch.Tensor, heads: int, rank: int, tau: float = 1.0,
+    noise: OfficialNoise | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The official AdaLLaVA-H rule with the authors' straight-through gradients. logits [B, L, 2H]
+    per upper layer (head logits, then MLP-group logits); units long [B].
+
+    Each unit picks the best not-yet-taken element over all layers' flattened logits, which names a
+    layer; in that layer it takes the top `rank` not-yet-taken heads and the top `rank` not-yet-taken
+    MLP groups. With `noise`, picks compare (logits + noise) / tau and their soft values are the
+    masked softmax of that (training, or sampling); without, the logits themselves (the authors'
+    inference). Returns float [B, L, 2H], 0/1 forward; its gradient is the authors' (the layer's soft
+    pick times the units' soft picks). Hard picks never depend on the gradient path, so the same
+    logits and noise give the same plan in training and at inference."""
     batch, layers, width = logits.shape
     if width != 2 * heads:
         raise ValueError(f"official head logits need {2 * heads} values per layer, got {width}")
-    scores = logits if noise is None else logits + noise
-    taken = torch.zeros(batch, layers, width, dtype=torch.bool, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
+    taken = torch.zeros(batch, layers, width, dtype=torch.bool, device=logits.device)
+    gates = torch.zeros_like(logits)
     for step in range(int(units.max().item()) if units.numel() else 0):
-        active = step < units  # [B]
-        flat = scores.masked_fill(taken, float("-inf")).reshape(batch, -1)
-        layer = flat.argmax(dim=-1) // width  # [B]
-        in_layer = logits[rows, layer].masked_fill(taken[rows, layer], float("-inf"))  # [B, 2H]
-        picked = torch.zeros(batch, width, dtype=torch.bool, device=logits.device)
-        for part in (slice(0, heads), slice(heads, width)):
-            top = in_layer[:, part].topk(rank, dim=-1).indices + part.start  # [B, rank]
-            picked.scatter_(1, top, True)
-        taken[rows, layer] |= picked & active[:, None]
-    return taken[..., :heads], taken[..., heads:]
+        active = step < units  # [B]; finished rows pick too (unmasked, so finite), then count for 0
+        step_noise = (None, None) if noise is None else (noise[0][step], noise[1][step])
+        layer_gate, layer = _official_layer_pick(logits, taken & active[:, None, None], step_noise[0], tau)
+        # The picked layer's logits: exact for the hard picks, through the layer gate for gradients
+        # (the authors' `sub_logits = (logits * layer_mask).sum(0)`).
+        picked = (logits.detach()[rows, layer], (logits * layer_gate[..., None]).sum(1))  # [B, 2H] each
+        done = taken[rows, layer] & active[:, None]  # [B, 2H]: taken in the picked layer
+        unit_gate = _official_unit_picks(picked, done, step_noise[1], heads, rank, tau)  # [B, 2H]
+        on = active.to(logits.dtype)[:, None, None]
+        gates = gates + on * layer_gate[:, :, None] * unit_gate[:, None, :]  # [B, L, 2H]
+        taken[rows, layer] |= (unit_gate.detach() > 0.5) & active[:, None]
+    return gates
+
+
+def official_head_selection(
+    logits: torch.Tensor, units: torch.Tensor, heads: int, rank: int,
+    noise: OfficialNoise | None = None, tau: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The official AdaLLaVA-H rule's plan (`official_head_gates`, no gradients).
+    Returns bool heads [B, L, heads], mlp [B, L, heads]."""
+    with torch.no_grad():
+        on = official_head_gates(logits, units, heads, rank, tau, noise) > 0.5
+    return on[..., :heads], on[..., heads:]
+
+
+def _official_scores(values: torch.Tensor, noise: torch.Tensor | None, tau: float, mask: torch.Tensor):
+    """What a pick compares: (values + noise) / tau, or the values alone; taken entries at -inf."""
+    scores = values if noise is None else (values + noise) / tau
+    return scores.masked_fill(mask, float("-inf"))
+
+
+def _official_layer_pick(logits, mask, noise, tau) -> tuple[torch.Tensor, torch.Tensor]:
+    """One masked Gumbel-softmax pick over all layers' flattened logits [B, L, 2H]: the picked
+    layer's straight-through gate [B, L] (the one-hot pick summed over its layer) and its index [B]."""
+    flat_noise = None if noise is None else noise.flatten(1)
+    scores = _official_scores(logits.flatten(1), flat_noise, tau, mask.flatten(1))  # [B, L * 2H]
+    index = scores.detach().argmax(dim=-1)  # [B]
+    soft = scores.softmax(dim=-1)  # [B, L * 2H]
+    hard = F.one_hot(index, soft.shape[-1]).to(soft.dtype)
+    gate = (hard - soft.detach() + soft).view_as(logits).sum(-1)  # [B, L]
+    return gate, torch.div(index, logits.shape[-1], rounding_mode="floor")
+
+
+def _official_unit_picks(picked, mask, noise, heads: int, rank: int, tau: float) -> torch.Tensor:
+    """The top `rank` of each half (heads, MLP groups) of the picked layer, not yet taken: hard from the
+    exact logits, soft from the gated ones (a masked softmax per half). -> straight-through [B, 2H]."""
+    exact, gated = picked
+    parts = []
+    for part in (slice(0, heads), slice(heads, 2 * heads)):
+        part_noise = None if noise is None else noise[:, part]
+        top = _official_scores(exact[:, part], part_noise, tau, mask[:, part]).topk(rank, dim=-1).indices
+        hard = torch.zeros_like(gated[:, part]).scatter(1, top, 1.0)  # [B, H]
+        soft = _official_scores(gated[:, part], part_noise, tau, mask[:, part]).softmax(dim=-1)  # [B, H]
+        parts.append(hard - soft.detach() + soft)
+    return torch.cat(parts, dim=-1)
