@@ -57,8 +57,9 @@ class TrainArgs:
     AdaptiveConfig; set its keys as `adaptive: {switches: head, rank: 8}` in YAML or
     `--adaptive.switches head --adaptive.rank 8`. Continuing from an AdaLlava folder, the folder's
     values stand: keys that shape the model must match them, tau and latency_loss_weight may change."""
-    scheduler_learning_rate: float = 1e-4
-    """Adaptive stage: peak learning rate of the scheduler and latency encoder (paper: 1e-4)."""
+    scheduler_learning_rate: float | None = 1e-4
+    """Adaptive stage: peak learning rate of the scheduler and latency encoder (paper: 1e-4); none: the
+    same as learning_rate, one rate for every parameter (the authors' code: 1e-5 for everything)."""
     lora: bool = False
     """Adaptive stage: train LoRA adapters on the LLM's q/k/v/o/gate/up/down projections instead of the
     full LLM (needs `pip install peft`); scheduler, latency encoder and projector train fully."""
@@ -110,8 +111,8 @@ class TrainArgs:
     """'auto' (the processor's chat template if it has one, else llava_v1), 'chat_template' or 'llava_v1'
     (LLaVA-1.5: `USER: <image>\\n... ASSISTANT: answer</s>`)."""
     system_prompt: str = ""
-    """Text before the first turn (LLaVA-1.5's v1 conversations start with 'A chat between a curious human
-    and an artificial intelligence assistant. ...')."""
+    """Text before the first turn (LLaVA-1.5 and the AdaLLaVA authors train with LLaVA's `--version v1`,
+    i.e. conv_vicuna_v1: 'A chat between a curious user and an artificial intelligence assistant. ...')."""
     pad_to_square: bool = False
     """Pad images to a square with the mean colour before processing (LLaVA-1.5: image_aspect_ratio pad)."""
     skip_bad: bool = False
@@ -149,7 +150,9 @@ class TrainArgs:
             if not getattr(self, name):
                 raise ValueError(f"{flag(name)} is required")
         check(self, "learning_rate", self.learning_rate > 0, "must be > 0")
-        check(self, "scheduler_learning_rate", self.scheduler_learning_rate > 0, "must be > 0")
+        if self.scheduler_learning_rate is None:  # one rate for every parameter
+            object.__setattr__(self, "scheduler_learning_rate", self.learning_rate)
+        check(self, "scheduler_learning_rate", self.scheduler_learning_rate > 0, "must be > 0 (or none)")
         check(self, "weight_decay", self.weight_decay >= 0, "must be >= 0")
         check(self, "max_grad_norm", self.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)")
         check(self, "warmup_steps", self.warmup_steps >= 0, "must be >= 0")
