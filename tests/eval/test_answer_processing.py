@@ -2,7 +2,14 @@
 
 import pytest
 
-from adallava.eval.answer_processing import evalai_normalize, vqa_digit_article, vqa_punctuation
+from adallava.eval.answer_processing import (
+    evalai_normalize,
+    evalai_punctuation,
+    evalai_steps,
+    vqa_digit_article,
+    vqa_normalize,
+    vqa_punctuation,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +52,35 @@ def test_vqa_punctuation_keeps_apostrophes_and_uses_digit_comma_rule() -> None:
 def test_digit_article_lowercases_and_joins() -> None:
     assert vqa_digit_article("The  Three   Dogs") == "3 dogs"
     assert vqa_digit_article("an apple") == "apple"
+
+
+# Catches: vqaEval's ground-truth processing reduced to one of its two steps. Hand-derived from
+# processPunctuation then processDigitArticle (vqaEval.py, GT-Vision-Lab/VQA master a013f00).
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two.", "2"),  # period dropped (not before a digit), then the number word
+        ("2.", "2"),
+        ("yes,", "yes"),  # "," touches no space: becomes a space, which the join drops
+        ("the dog", "dog"),
+        ("dog's", "dog's"),  # no "'s" split in vqaEval
+        ("1,000 dogs", "1000 dogs"),
+    ],
+)
+def test_vqa_normalize(raw: str, expected: str) -> None:
+    assert vqa_normalize(raw) == expected
+
+
+# Catches: lmms-eval's steps given EvalAI's first step (deleting "," and splitting "'s"), which
+# lmms-eval's vqav2 task no longer applies.
+def test_evalai_steps_skip_the_tokenize_step() -> None:
+    assert evalai_steps("dog's") == "dog's" and evalai_normalize("dog's") == "dog 's"
+    assert evalai_steps("red,blue") == "red blue" and evalai_normalize("red,blue") == "redblue"
+    assert evalai_steps("Two.") == "2"
+
+
+# Catches: the two digit-comma patterns swapped: EvalAI's (?<=\d)(\,)+(?=\d) sees "1,,2", vqaEval's
+# (\d)(\,)(\d) does not, so vqaEval turns both commas into spaces.
+def test_digit_comma_patterns_differ() -> None:
+    assert evalai_punctuation("1,,2") == "12"
+    assert vqa_punctuation("1,,2") == "1  2"

@@ -1,16 +1,20 @@
 """VQA-style answer normalisation as pure functions.
 
-Two pipelines are reproduced, because the numbers behind LLaVA-1.5 use both in a row:
+Two pipelines are reproduced, because the numbers behind LLaVA-1.5 use both in a row, plus the
+variant lmms-eval uses:
 
 * `evalai_normalize`: the EvalAI answer processor that LLaVA applies to every VQAv2 / TextVQA
   prediction (`llava/eval/m4c_evaluator.py` EvalAIAnswerProcessor, used by
   `scripts/convert_vqav2_for_submission.py` and `llava/eval/eval_textvqa.py`).
-* `vqa_punctuation` + `vqa_digit_article`: what the official VQA evaluation does to answers
-  (GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, processPunctuation and
-  processDigitArticle).
+* `vqa_punctuation` + `vqa_digit_article` (together `vqa_normalize`): what the official VQA evaluation
+  does to the result answer and to every ground truth of a question whose ten ground truths are not
+  all identical (GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, processPunctuation
+  and processDigitArticle).
+* `evalai_steps`: the EvalAI processor's punctuation and digit/article steps alone, which lmms-eval's
+  vqav2 task (`lmms_eval/tasks/vqav2/utils.py`) applies to predictions and ground truths.
 
-The two differ only in the pattern that detects a digit-comma-digit run; the tables are shared
-(`answer_tables.py`).
+EvalAI's and vqaEval's punctuation steps differ only in the pattern that detects a digit-comma-digit
+run; the tables are shared (`answer_tables.py`).
 """
 
 from __future__ import annotations
@@ -61,6 +65,18 @@ def vqa_digit_article(text: str) -> str:
 
 
 evalai_digit_article = vqa_digit_article
+
+
+def vqa_normalize(text: str) -> str:
+    """What vqaEval.py does to every answer of a question whose ground truths are not unanimous:
+    processPunctuation, then processDigitArticle ("Two." -> "2", "the dog" -> "dog", "yes," -> "yes")."""
+    return vqa_digit_article(vqa_punctuation(text))
+
+
+def evalai_steps(text: str) -> str:
+    """The EvalAI processor's punctuation and digit/article steps without its first step (no deletion of
+    "," and "?", no "'s" split): what lmms-eval's vqav2 task applies to answers and ground truths."""
+    return evalai_digit_article(evalai_punctuation(text))
 
 
 def evalai_normalize(text: str) -> str:

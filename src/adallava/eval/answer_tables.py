@@ -1,6 +1,6 @@
 """Word tables of the VQA answer normalisation, shared by the EvalAI processor that LLaVA applies to
 predictions (`llava/eval/m4c_evaluator.py`, EvalAIAnswerProcessor) and by the official VQA evaluation
-(GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, commit c4e6a0e). Both use the
+(GT-Vision-Lab/VQA `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, master a013f00). Both use the
 same tables; they are kept here, apart from the logic in `answer_processing.py`.
 
 Entries whose key holds a capital letter ("Im", "Ive", "Id've", "I'dve") and identity entries

@@ -7,7 +7,14 @@ from adallava.eval.metrics.mme import MMEScore, MMESubtaskScore, mme_answer, sco
 from adallava.eval.metrics.pope import POPECategoryScore, POPEScore, pope_answer, score_pope
 from adallava.eval.metrics.scienceqa import ScienceQAScore, scienceqa_letter, score_scienceqa
 from adallava.eval.metrics.textvqa import TextVQAScore, score_textvqa, textvqa_accuracy
-from adallava.eval.metrics.vqav2 import VQAv2Score, leave_one_out_accuracy, score_vqav2, vqav2_accuracy
+from adallava.eval.metrics.vqav2 import (
+    VQAv2Score,
+    leave_one_out_accuracy,
+    leave_one_out_terms,
+    official_vqa_accuracy,
+    score_vqav2,
+    vqav2_accuracy,
+)
 
 __all__ = [
     "MMBenchScore",
@@ -19,8 +26,10 @@ __all__ = [
     "TextVQAScore",
     "VQAv2Score",
     "leave_one_out_accuracy",
+    "leave_one_out_terms",
     "mmbench_option",
     "mme_answer",
+    "official_vqa_accuracy",
     "pope_answer",
     "scienceqa_letter",
     "score_mmbench",

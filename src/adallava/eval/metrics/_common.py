@@ -20,7 +20,3 @@ def ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, and 0.0 where the official scripts would divide by zero."""
     return numerator / denominator if denominator else 0.0
 
-
-def mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return ratio(sum(values), len(values))

@@ -3,17 +3,19 @@ TextVQAAccuracyEvaluator): the EvalAI answer processor on the prediction and on 
 answers, then the leave-one-out VQA accuracy; 100 * mean, unrounded.
 
 lmms-eval (lmms_eval/tasks/textvqa/utils.py) scores the same way; it only drops m4c's check that
-there are exactly 10 answers, so both protocols give the same numbers on TextVQA data.
+there are exactly 10 answers and averages the ten leave-one-out terms with statistics.mean (equal to
+m4c's sum / len up to the last bit), so both protocols give the same numbers on TextVQA data.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from adallava.eval.answer_processing import evalai_normalize
 from adallava.eval.metrics._common import require_predictions
-from adallava.eval.metrics.vqav2 import leave_one_out_accuracy
+from adallava.eval.metrics.vqav2 import leave_one_out_accuracy, leave_one_out_terms
 from adallava.eval.protocols import Protocol, check_protocol
 from adallava.eval.records import TextVQASample
 
@@ -28,13 +30,14 @@ class TextVQAScore:
     protocol: str
 
 
-def textvqa_accuracy(prediction: str, ground_truths: Sequence[str]) -> float:
+def textvqa_accuracy(prediction: str, ground_truths: Sequence[str], protocol: Protocol = "llava") -> float:
     """One question's accuracy in [0, 1]: raw model output against the raw human answers."""
     if not ground_truths:
         raise ValueError("TextVQA accuracy needs ground-truth answers (the test split has none)")
-    return leave_one_out_accuracy(
-        evalai_normalize(prediction), [evalai_normalize(truth) for truth in ground_truths]
-    )
+    answer, truths = evalai_normalize(prediction), [evalai_normalize(truth) for truth in ground_truths]
+    if check_protocol(protocol) == "lmms-eval":
+        return statistics.mean(leave_one_out_terms(answer, truths))  # textvqa_process_results
+    return leave_one_out_accuracy(answer, truths)  # m4c _compute_answer_scores: sum(accs) / len(accs)
 
 
 def score_textvqa(
@@ -52,5 +55,6 @@ def score_textvqa(
                 f"TextVQA question {sample.question_id} has {len(sample.answers)} answers; the m4c evaluator "
                 f"LLaVA uses requires {HUMAN_ANSWERS} (use --protocol lmms-eval to score other counts)"
             )
-        scores.append(textvqa_accuracy(predictions[sample.question_id], sample.answers))
-    return TextVQAScore(score=100.0 * sum(scores) / len(scores), n=len(scores), protocol=protocol)
+        scores.append(textvqa_accuracy(predictions[sample.question_id], sample.answers, protocol))
+    # eval_textvqa.py prints 100. * eval_pred_list(...), which returns sum(pred_scores) / len(pred_scores).
+    return TextVQAScore(score=100.0 * (sum(scores) / len(scores)), n=len(scores), protocol=protocol)
