@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from adallava.eval import scoring
 from adallava.eval.metrics import mmbench_option, score_mmbench
 from adallava.eval.readers import answers_by_round, mmbench_rotations, read_llava_answers, read_mmbench
 
@@ -97,8 +98,38 @@ def test_bad_answer_names_line_and_field(tmp_path: Path, fixtures: Path) -> None
         read_mmbench(bad)
 
 
-def test_missing_column(tmp_path: Path) -> None:
+# Catches: the reader demanding the image column when images are asked for and the TSV lacks it.
+def test_missing_image_column_when_images_are_required(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("index\tquestion\tA\tB\n0\tq\ta\tb\n")
     with pytest.raises(ValueError, match=r"bad\.tsv, line 1: missing column\(s\) image"):
+        read_mmbench(bad, images=True)
+    assert read_mmbench(bad)[0].image is None  # by default the image column is read only when present
+
+
+# Catches: scoring demanding the (large, base64) image column or the comment column, which MMBench's
+# evaluator never reads (lmms_eval/tasks/mmbench/mmbench_evals.py eval_result uses index, question,
+# A-D, answer, prediction, category, l2-category).
+def test_scores_without_image_and_comment_columns(fixtures: Path) -> None:
+    tsv = fixtures / "mmbench/mmbench_dev_noimage.tsv"
+    assert "image" not in tsv.read_text() and "comment" not in tsv.read_text()
+    answers = fixtures / "mmbench/answers.jsonl"
+    for protocol, expected in (("llava", 100 / 3), ("lmms-eval", 100.0)):  # as test_circular_fixture
+        score = scoring.score_mmbench_files(tsv, answers, protocol)
+        assert score.score == pytest.approx(expected) and score.n == 3
+    samples = read_mmbench(fixtures / "mmbench/mmbench_dev.tsv", images=False)
+    assert all(sample.image is None for sample in samples)  # images=False never decodes
+
+
+# Catches: a TSV lacking what scoring needs read without a clear error naming the missing columns.
+def test_missing_scoring_columns_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("index\tA\tanswer\n0\ta\tA\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv, line 1: missing column\(s\) question, B \(header"):
         read_mmbench(bad)
+    no_answer = tmp_path / "no_answer.tsv"
+    no_answer.write_text("index\tquestion\tA\tB\n0\tq\ta\tb\n")
+    predictions = tmp_path / "answers.jsonl"
+    predictions.write_text('{"question_id": 0, "text": "A"}\n')
+    with pytest.raises(ValueError, match=r"row 0 has no answer: .*no 'answer' column"):
+        scoring.score_mmbench_files(no_answer, predictions)

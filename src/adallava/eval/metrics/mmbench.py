@@ -124,7 +124,8 @@ def _circular_groups(
     for sample in samples:
         if not sample.answers:
             raise ValueError(
-                f"MMBench row {sample.question_id} has no answer (test split?); it cannot be scored"
+                f"MMBench row {sample.question_id} has no answer: its 'answer' cell is empty or the TSV has "
+                "no 'answer' column (a test split?); it cannot be scored"
             )
         groups.setdefault(sample.main_index, []).append(sample)
     mains = {sample.main_index: sample for sample in samples if int(sample.question_id) < CIRCULAR_OFFSET}

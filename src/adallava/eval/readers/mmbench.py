@@ -1,8 +1,10 @@
 """MMBench in its official TSV format: columns index, question, hint, A-D, answer, category,
-l2-category, image (base64), ... Rows with index >= 1,000,000 are circular copies of row
-index % 1,000,000 (VLMEvalKit layout); an image cell of at most 64 digits points at another row's
-image. Circular evaluation can also come from rotating the options of each row, which
-`mmbench_rotations` does (LLaVA's model_vqa_mmbench.py --all-rounds)."""
+l2-category, image (base64), ... Only index, question, A and B are required, and `image` when images
+are asked for: scoring reads none, so a TSV without the large image column (or without `comment`)
+scores. Rows with index >= 1,000,000 are circular copies of row index % 1,000,000 (VLMEvalKit
+layout); an image cell of at most 64 digits points at another row's image. Circular evaluation can
+also come from rotating the options of each row, which `mmbench_rotations` does (LLaVA's
+model_vqa_mmbench.py --all-rounds)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 from adallava.eval.records import MMBenchSample
 from adallava.inference.prompts import OPTION_LETTERS, multiple_choice_prompt
 
-REQUIRED_COLUMNS = ("index", "question", "A", "B", "image")
+REQUIRED_COLUMNS = ("index", "question", "A", "B")
+IMAGE_COLUMN = "image"
 # LLaVA reads the TSV with pandas.read_table, whose default NA strings make a cell empty; LLaVA's
 # is_none also treats "nan" and "none" in any case as empty (llava/eval/model_vqa_mmbench.py).
 NA_VALUES = frozenset(
@@ -26,47 +29,59 @@ NA_VALUES = frozenset(
 _MAX_IMAGE_REFERENCE = 64
 
 
-def read_mmbench(path: str | Path) -> list[MMBenchSample]:
-    """Every row in file order, with `image` decoded to bytes and `answers` = (letter,) where the
-    TSV has answers (dev), else ()."""
-    images: dict[int, bytes] = {}
-    references: list[tuple[int, str, str]] = []
+def read_mmbench(path: str | Path, images: bool | None = None) -> list[MMBenchSample]:
+    """Every row in file order, `answers` = (letter,) where the TSV has answers (dev), else ().
+
+    `images`: True requires the `image` column and decodes it to bytes; False never reads it (`image`
+    is None: scoring needs no images, as MMBench's evaluator reads only index, question, options,
+    answer and categories); None decodes it when the TSV has the column. Columns other than index,
+    question, A, B (and image when required) are optional; `comment`, `source`, `split` are not read.
+    """
+    path = Path(path)
+    header, rows = _rows(path, REQUIRED_COLUMNS + ((IMAGE_COLUMN,) if images else ()))
     samples: list[MMBenchSample] = []
     seen: dict[int, str] = {}
-    for where, row in _rows(Path(path)):
+    for where, row in rows:
         if None in row:
             raise ValueError(f"{where}: more tab-separated fields than the header has columns")
         index = _index(row, where)
         if index in seen:
             raise ValueError(f"{where}: duplicate index {index} (first seen at {seen[index]})")
         seen[index] = where
-        options = _options(row, where)
-        answer = _cell(row, "answer")
-        letters = OPTION_LETTERS[: len(options)]
-        if answer is not None and answer not in letters:
-            raise ValueError(f"{where}: field 'answer' must be one of {', '.join(letters)}, got {answer!r}")
-        image_cell = _cell(row, "image")
-        if image_cell is None:
+        samples.append(_sample(row, where, index))
+    if images is False or IMAGE_COLUMN not in header:
+        return samples
+    decoded = _images(rows)
+    return [replace(sample, image=decoded[int(sample.question_id)]) for sample in samples]
+
+
+def _images(rows: list[tuple[str, dict[str, str | None]]]) -> dict[int, bytes]:
+    """index -> decoded image; a cell of at most 64 digits refers to that row index's image."""
+    images: dict[int, bytes] = {}
+    references: list[tuple[int, str, str]] = []
+    for where, row in rows:
+        index = _index(row, where)
+        cell = _cell(row, IMAGE_COLUMN)
+        if cell is None:
             raise ValueError(f"{where}: field 'image' is empty")
-        if image_cell.isdigit() and len(image_cell) <= _MAX_IMAGE_REFERENCE:
-            references.append((index, image_cell, where))
+        if cell.isdigit() and len(cell) <= _MAX_IMAGE_REFERENCE:
+            references.append((index, cell, where))
         else:
-            images[index] = _decode(image_cell, where)
-        samples.append(_sample(row, where, index, options, answer))
+            images[index] = _decode(cell, where)
     for index, target, where in references:
         if int(target) not in images:
             raise ValueError(f"{where}: field 'image' refers to row index {target}, which has no image")
         images[index] = images[int(target)]
-    return [replace(sample, image=images[int(sample.question_id)]) for sample in samples]
+    return images
 
 
-def _rows(path: Path) -> list[tuple[str, dict[str, str | None]]]:
-    """(where, row) for every row of the TSV, its header checked."""
+def _rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[str, dict[str, str | None]]]]:
+    """(header, [(where, row)] for every row) of the TSV, the header checked for `required`."""
     csv.field_size_limit(sys.maxsize)  # base64 images exceed csv's 128 KiB default
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t")
-        header = reader.fieldnames or []
-        missing = [column for column in REQUIRED_COLUMNS if column not in header]
+        header = list(reader.fieldnames or [])
+        missing = [column for column in required if column not in header]
         if missing:
             raise ValueError(
                 f"{path}, line 1: missing column(s) {', '.join(missing)} (header: {', '.join(header)})"
@@ -74,13 +89,16 @@ def _rows(path: Path) -> list[tuple[str, dict[str, str | None]]]:
         rows = []
         for row in reader:
             rows.append((f"{path}, line {reader.line_num}", row))
-    return rows
+    return header, rows
 
 
-def _sample(
-    row: dict[str, str | None], where: str, index: int, options: tuple[str, ...], answer: str | None
-) -> MMBenchSample:
+def _sample(row: dict[str, str | None], where: str, index: int) -> MMBenchSample:
     """One row as a sample (its image filled in later)."""
+    options = _options(row, where)
+    answer = _cell(row, "answer")
+    letters = OPTION_LETTERS[: len(options)]
+    if answer is not None and answer not in letters:
+        raise ValueError(f"{where}: field 'answer' must be one of {', '.join(letters)}, got {answer!r}")
     question = _cell(row, "question")
     if question is None:
         raise ValueError(f"{where}: field 'question' is empty")
