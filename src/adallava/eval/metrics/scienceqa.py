@@ -6,9 +6,10 @@ A-E; else its first character when followed by ". " ("B. dog"); else the single 
 beyond the question's choices, or no letter, is wrong. LLaVA-1.5 reports the accuracy on the test
 questions with an image (its "IMG-Accuracy", counted there by '<image>' in the prompt).
 
-lmms-eval protocol (lmms_eval/tasks/scienceqa/utils.py, sqa_process_results): right when the
-prediction equals the answer letter, or when it is at least 2 characters, starts with an uppercase
-letter followed by "." and that letter is the answer ("B." counts; "The answer is B." does not).
+lmms-eval protocol (lmms_eval/tasks/scienceqa/utils.py, sqa_process_results): the prediction is
+stripped; right when it equals the answer letter ignoring case ("b", " B\n"), or when it is at least 2
+characters, starts with an uppercase letter followed by "." and that letter is the answer ("B."
+counts; "b." and "The answer is B." do not).
 """
 
 from __future__ import annotations
@@ -50,14 +51,12 @@ def scienceqa_letter(prediction: str) -> str | None:
 def scienceqa_correct(prediction: str, sample: ScienceQASample, protocol: Protocol = "llava") -> bool:
     target = OPTION_LETTERS[sample.answer_index]
     if check_protocol(protocol) == "lmms-eval":
-        if prediction == target:
+        # sqa_process_results (lmms-eval 8ada805, 2025): pred = output.strip(); right when
+        # pred.lower() == target.lower(), else when pred matches "^[A-Z]\." with that letter.
+        text = prediction.strip()
+        if text.lower() == target.lower():
             return True
-        return (
-            len(prediction) >= 2
-            and prediction[0].isupper()
-            and prediction[1] == "."
-            and prediction[0] == target
-        )
+        return len(text) >= 2 and text[0].isupper() and text[1] == "." and text[0] == target
     letter = scienceqa_letter(prediction)
     # get_pred_idx: only letters among this question's choices count.
     return letter is not None and letter in OPTION_LETTERS[: len(sample.choices)] and letter == target
