@@ -47,6 +47,9 @@ def test_lmms_eval_protocol() -> None:
     assert scienceqa_correct("B. dog", sample, "lmms-eval")
     assert not scienceqa_correct("The answer is B.", sample, "lmms-eval")
     assert not scienceqa_correct("b.", sample, "lmms-eval")
+    # lmms-eval strips the prediction and compares a lone letter ignoring case (its sqa_process_results);
+    # bug caught: an unstripped or case-sensitive comparison.
+    assert scienceqa_correct(" b", sample, "lmms-eval") and scienceqa_correct("B\n", sample, "lmms-eval")
 
 
 def test_fixture_image_questions_only(fixtures: Path) -> None:

@@ -24,7 +24,7 @@ COMMANDS = {
     "mmbench": ["--data", F / "mmbench/mmbench_dev.tsv", "--predictions", F / "mmbench/answers.jsonl"],
 }
 EXPECTED = {
-    ("vqav2", "llava"): 63.33,
+    ("vqav2", "llava"): 76.67,  # the official vqaEval rule (see tests/eval/test_vqav2.py)
     ("vqav2", "lmms-eval"): 230 / 3,
     ("textvqa", "llava"): 65.0,
     ("pope", "llava"): (200 / 3 + 180) / 3,

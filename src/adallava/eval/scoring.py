@@ -100,7 +100,7 @@ def score_scienceqa_files(
 
 def score_mmbench_files(data: FilePath, predictions: FilePath, protocol: Protocol = "llava") -> MMBenchScore:
     """`data`: the MMBench TSV; `predictions`: LLaVA answers jsonl (question_id = index, round_id)."""
-    samples = read_mmbench(data)
+    samples = read_mmbench(data, images=False)  # scoring needs no images: never decode them
     texts = answers_by_round(read_llava_answers(predictions))
     known = {int(sample.question_id) for sample in samples}
     keyed: dict[tuple[int, int], str] = {}
