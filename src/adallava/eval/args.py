@@ -64,7 +64,8 @@ class EvalArgs:
     pad_to_square: bool = False
     """Pad images to a square with the mean colour first (LLaVA-1.5: image_aspect_ratio pad)."""
     token_selection: Literal[TOKEN_SELECTIONS] | None = None
-    """Override the model's visual token selection: none, prumerge or prumerge+ (default: the model's)."""
+    """Override the model's visual token selection: none, prumerge, prumerge+ or prumerge+offset (default:
+    the model's)."""
     device: str | None = None
     """Torch device (default: the accelerate process's device: cuda if available, else cpu)."""
     dtype: Literal[DTYPES] = "float32"
