@@ -187,3 +187,35 @@ def test_build_model_command(worlds, tmp_path, capsys):
     model = LlavaForConditionalGeneration.from_pretrained(out)
     assert model.config.text_config.num_hidden_layers == 4
     assert str(out) in capsys.readouterr().out
+
+
+def test_tokenizer_folds_case_onto_its_vocabulary():
+    # Bug caught: capitalised or upper-case forms of known words ("HOW", "Circle") read as <unk>, or a
+    # plain lower-casing merging the vocabulary's own pairs ("Is" / "is") into one id.
+    tokenizer = build_tokenizer(["How", "is", "Is", "circle"])
+    text = "HOW how How is Is IS iS circle Circle CIRCLE zebra"
+    expected = ["How", "How", "How", "is", "Is", "is", "is", "circle", "circle", "circle", "<unk>"]  # by hand
+    assert tokenizer.tokenize(text) == expected
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"])
+def test_bundled_tokenizers_fold_case_and_read_known_text_as_before(name, worlds):
+    # Bug caught: the normaliser added to the bundled tokenizer.json changing what the trained models
+    # read (their answers) for text they already knew, or missing from a bundled model.
+    import json
+
+    from tokenizers import Tokenizer
+
+    from adallava.io.hub import BUNDLED_DIR
+
+    saved = json.loads((BUNDLED_DIR / name / "tokenizer.json").read_text(encoding="utf-8"))
+    new = Tokenizer.from_str(json.dumps(saved))
+    old = Tokenizer.from_str(json.dumps({**saved, "normalizer": None}))  # as the bundled models trained
+    readme = "USER: <image>\nWhat color is the circle?\nAnswer the question using a single word or phrase."
+    readme += " ASSISTANT:"
+    texts = [readme] + [t for q in load_heldout(worlds[1]) for t in (q.prompt, q.answer)]
+    for text in texts:
+        assert new.encode(text).ids == old.encode(text).ids, text
+    assert new.encode("WHAT Color is THE circle?").ids == old.encode("What color is the circle?").ids
+    built = build_tokenizer(world_vocabulary()).backend_tokenizer
+    assert json.loads(new.to_str())["normalizer"] == json.loads(built.to_str())["normalizer"]

@@ -6,7 +6,8 @@
 * tokenizer.json: a word-level tokenizer trained with `tokenizers` on the world's closed vocabulary.
   The fixed instruction sentences of LLaVA-1.5's prompts ("Answer the question using a single word
   or phrase.", ...) and the chat roles are single tokens: the text is LLaVA's, the sequences stay
-  short enough to train on two CPU cores.
+  short enough to train on two CPU cores. Its normaliser folds case onto the vocabulary ("how",
+  "HOW" -> "How"; "Circles" -> "circles"), so only words outside the vocabulary become <unk>.
 * a LLaVA-1.5 chat template: `USER: <image>\\n{question} ASSISTANT: {answer}</s>`; the tokenizer
   prepends <s>.
 * a CLIP image processor (48x48, OpenAI CLIP mean/std) and a `LlavaProcessor` that expands <image>
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -132,6 +133,7 @@ def build_tokenizer(vocabulary: Iterable[str]) -> PreTrainedTokenizerFast:
         special_tokens=list(SPECIAL_TOKENS), min_frequency=1, show_progress=False
     )
     tokenizer.train_from_iterator(vocabulary, trainer=trainer)
+    tokenizer.normalizer = case_normalizer(tokenizer.get_vocab())
     tokenizer.add_tokens([AddedToken(phrase, normalized=False) for phrase in PHRASES])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)]
@@ -149,6 +151,27 @@ def build_tokenizer(vocabulary: Iterable[str]) -> PreTrainedTokenizerFast:
     if ids != list(range(len(SPECIAL_TOKENS))):  # the model config relies on these ids
         raise RuntimeError(f"special token ids are {ids}, expected 0..{len(SPECIAL_TOKENS) - 1}")
     return fast
+
+
+def case_normalizer(vocabulary: Iterable[str]) -> normalizers.Normalizer:
+    """Lower-casing that keeps the vocabulary's own spellings: a word written in any case the
+    vocabulary lacks becomes its lower-case form if the vocabulary has one, else the vocabulary's
+    spelling ("how" -> "How"); a word the vocabulary spells exactly stays as it is, so "Is" and "is"
+    keep their two ids and every sentence the model was trained on tokenizes as before. (Plain
+    `Lowercase` would merge such pairs and change what the trained bundled models read.)"""
+    spellings: dict[str, set[str]] = {}
+    for word in vocabulary:
+        if word.isascii() and word.isalpha():
+            spellings.setdefault(word.lower(), set()).add(word)
+    rules = []
+    for lower, known in sorted(spellings.items()):
+        if len(known) == 2 ** len(lower):  # every spelling is a word of its own ("A" and "a")
+            continue
+        target = lower if lower in known else min(known)
+        exact = "|".join(sorted(known))
+        # Onig regex: a whole word, in any case, that is not one of the known spellings.
+        rules.append(normalizers.Replace(Regex(rf"\b(?!(?:{exact})\b)(?i:{lower})\b"), target))
+    return normalizers.Sequence(rules)
 
 
 def build_processor(
