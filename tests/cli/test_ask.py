@@ -19,6 +19,7 @@ def model_dir(tmp_path_factory):
     from transformers import LlavaForConditionalGeneration
 
     model = AdaLlava.from_base(LlavaForConditionalGeneration.from_pretrained(base_dir), AdaptiveConfig())
+    model.scheduler_trained = True  # these tests exercise the mechanics: a random scheduler stands in
     out = root / "adaptive"
     model.save_pretrained(out)
     for file in base_dir.iterdir():  # processor, tokenizer and chat template travel with the model
@@ -92,3 +93,74 @@ def test_load_model_wraps_plain_llava_folders(model_dir, tmp_path):
     torch.testing.assert_close(
         model.scheduler.head.weight, AdaLlava.from_pretrained(folder).scheduler.head.weight
     )
+
+
+SCENE = "examples/scene.png"
+
+
+def test_ask_without_budget_on_a_base_model_answers_with_the_full_hf_model(capsys):
+    # Bug caught: `ask --model tiny-llava` ran the base model with a random, untrained scheduler (and a
+    # latency token it never saw): three runs, three answers, one empty.
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from adallava.inference.prompts import chat_prompt
+    from adallava.io.hub import BUNDLED_DIR
+
+    question = "What color is the circle?"
+    argv = ["ask", "--image", SCENE, "--question", question, "--model", "tiny-llava", "--max-new-tokens", "4"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["budget"] is None and result["plan"]["layers"] == list(range(8))
+    folder = BUNDLED_DIR / "tiny-llava"
+    hf = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor(images=[Image.open(SCENE).convert("RGB")], text=[chat_prompt(processor, question)],
+                       return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        ids = hf.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert result["answer"] == expected.strip()  # HF's own model, greedy
+    assert main(argv) == 0
+    assert "budget: none (the full model)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "init"])
+def test_a_budget_without_a_trained_scheduler_is_refused(model, tmp_path, capsys):
+    # Bug caught: a budget on a base model or an `adallava init` output ran an untrained scheduler.
+    if model == "init":
+        model = str(tmp_path / "i")
+        assert main(["init", "--base", "tiny-llava", "--switches", "layer", "--out", model]) == 0
+    capsys.readouterr()
+    argv = ["ask", "--image", SCENE, "--question", "What shape is red?", "--model", model]
+    assert main([*argv, "--budget", "0.75"]) == 2
+    err = capsys.readouterr().err
+    assert f"model {model!r} has no trained scheduler" in err and "adallava train" in err
+    assert "Traceback" not in err
+    assert main(argv) == 0  # without --budget: the full model
+    assert "(8/8)" in capsys.readouterr().out
+
+
+def test_ask_reports_words_the_tokenizer_does_not_know(capsys):
+    # Bug caught: unknown words (and capitalised known ones: "HOW") silently read as <unk>.
+    base = ["ask", "--image", SCENE, "--model", "tiny-adallava-l", "--max-new-tokens", "3"]
+    assert main([*base, "--question", "HOW many Zebras are there?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unknown_words"] == ["Zebras"]  # "HOW" folds to "How"
+    assert main([*base, "--question", "What color is the circle?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unknown_words"] == []
+    assert main([*base, "--question", "what colour is the zebra ?"]) == 0
+    assert "unknown words: colour, zebra" in capsys.readouterr().out
+
+
+def test_a_model_folder_without_its_processor_is_a_clear_error(tmp_path, capsys):
+    # Bug caught: `ask --model out/` after `model.save_pretrained(out)` alone ended in a traceback.
+    AdaLlava.from_pretrained("tiny-adallava-l").save_pretrained(tmp_path / "out")
+    argv = ["ask", "--image", SCENE, "--question", "What color is the circle?", "--model",
+            str(tmp_path / "out"), "--budget", "0.75", "--json", "--max-new-tokens", "3"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no processor files" in err and "processor.save_pretrained(" in err and "--processor" in err
+    assert "Traceback" not in err
+    assert main([*argv, "--processor", "tiny-adallava-l"]) == 0
+    with_processor = json.loads(capsys.readouterr().out)
+    assert main([*argv[:6], "tiny-adallava-l", *argv[7:]]) == 0  # the bundled model itself
+    assert with_processor["answer"] == json.loads(capsys.readouterr().out)["answer"]

@@ -90,3 +90,20 @@ def test_wrong_bases_and_images_are_refused(causal):
     inputs = text_inputs(base, [4], "left", seed=8)
     with pytest.raises(ValueError, match="pixel_values"), torch.no_grad():
         model(**inputs, pixel_values=torch.zeros(1, 3, 32, 32), budget=0.5)
+
+
+def test_the_scheduler_trained_mark_round_trips(causal, tmp_path):
+    # Bug caught: save/load dropping "scheduler_trained", so a trained AdaLLM came back refusing budgets
+    # (or an untrained one came back allowed).
+    import json
+
+    _, model = causal
+    assert model.scheduler_trained is False  # from_base: a fresh scheduler
+    model.save_pretrained(tmp_path / "fresh")
+    assert json.loads((tmp_path / "fresh" / "adaptive_config.json").read_text())["scheduler_trained"] is False
+    assert AdaLLM.from_pretrained(tmp_path / "fresh").scheduler_trained is False
+    trained = copy.deepcopy(model)
+    trained.scheduler_trained = True
+    trained.save_pretrained(tmp_path / "trained")
+    loaded = AdaLLM.from_pretrained(tmp_path / "trained")
+    assert loaded.scheduler_trained is True and loaded.adaptive == model.adaptive

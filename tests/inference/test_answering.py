@@ -87,3 +87,32 @@ def test_over_budget_allows_the_relative_tolerance():
     cost = [50.0, 50.0 * (1 + RELATIVE_TOLERANCE / 2), 50.0 * (1 + 10 * RELATIVE_TOLERANCE)]
     assert over_budget(cost, full, 0.5).tolist() == [False, False, True]
     assert over_budget(cost, full, [0.5, 0.4, 1.0]).tolist() == [False, True, False]
+
+
+def test_prompts_carry_the_words_the_tokenizer_does_not_know(bundled):
+    # Bug caught: words outside the vocabulary silently read as <unk>, with nothing telling the user.
+    from adallava.inference.answering import unknown_words
+
+    model, processor = bundled
+    prompt = encode(processor, chat_prompt(processor, "HOW many Zebras or zebras are there?"), [_scene()])
+    assert prompt.unknown_words == ("Zebras", "zebras")  # by hand: "HOW" folds onto the vocabulary's "How"
+    known = encode(processor, chat_prompt(processor, "How many circles are there?"), [_scene()])
+    assert known.unknown_words == ()
+    [answer] = answer_batch(model, processor, [prompt], [0.75], [2])
+    assert answer.unknown_words == ("Zebras", "zebras")
+    assert unknown_words(processor.tokenizer, "a purple Hexagon") == ["Hexagon"]
+
+
+def test_budgets_need_a_trained_scheduler(bundled):
+    # Bug caught: a base model (tiny-llava, wrapped with a fresh scheduler) answering under a budget.
+    from adallava.inference.answering import prefill_batch
+
+    base, processor = load_model("tiny-llava")
+    assert not base.scheduler_trained and bundled[0].scheduler_trained
+    prompt = encode(processor, chat_prompt(processor, "What shape is red?"), [_scene()])
+    for call in (lambda: answer_batch(base, processor, [prompt], [0.75], [2]),
+                 lambda: prefill_batch(base, processor, [prompt], [1.0])):  # fmt: skip
+        with pytest.raises(ValueError, match=r"no trained scheduler \(it is a base model"):
+            call()
+    [answer] = answer_batch(base, processor, [prompt], [None], [2])
+    assert answer.budget is None and answer.plan["layers"] == list(range(base.num_layers))

@@ -277,3 +277,39 @@ def test_serve_command_checks_its_settings_before_loading(capsys):
     assert "--max-queue" in capsys.readouterr().err
     assert main(["serve", "--default-max-tokens", "500", "--max-tokens-limit", "100"]) == 2
     assert "max_tokens_limit" in capsys.readouterr().err
+
+
+def test_the_report_lists_the_words_the_tokenizer_did_not_know(client):
+    # Bug caught: unknown words read as <unk> with nothing in the response saying so.
+    report = post(client, chat_body("what colour is the zebra ?")).json()["adallava"]
+    assert report["unknown_words"] == ["colour", "zebra"]  # by hand: the world's vocabulary lacks both
+    assert post(client, chat_body("WHAT color is the circle ?")).json()["adallava"]["unknown_words"] == []
+
+
+def test_a_model_with_an_untrained_scheduler_is_served_as_a_base_model(tmp_path):
+    # Bug caught: an `adallava init` output served with budgets, planned by a random scheduler.
+    from adallava.core.config import AdaptiveConfig
+    from adallava.io.init import init_from_base
+
+    folder = str(tmp_path / "init")
+    init_from_base("tiny-llava", folder, AdaptiveConfig())
+    with live_server(folder) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        info = client.get("/v1/models").json()["data"][0]["adallava"]
+        assert info["adaptive"] is False and info["scheduler_trained"] is False
+        refused = post(client, chat_body(budget=0.75))
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "budget_not_supported"
+        assert "no trained scheduler" in refused.json()["error"]["message"]
+        report = post(client, chat_body()).json()["adallava"]
+        assert report["budget"] is None and report["plan"]["layers"] == list(range(8))
+
+
+def test_serve_refuses_a_device_this_torch_cannot_use(capsys, monkeypatch):
+    # Bug caught: `adallava serve --device cuda` on a CPU-only torch ending in a traceback.
+    import torch
+
+    from adallava.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["serve", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'cuda'" in err and "--device cpu" in err and "Traceback" not in err

@@ -38,6 +38,7 @@ from adallava.core.geometry import geometry_of
 from adallava.core.plan import ExecutionPlan
 from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
+from adallava.engine.folders import resolve_model
 from adallava.engine.generate import check_generate_kwargs, generate_output, produced_tokens, to_left_padding
 from adallava.engine.outputs import AdaLlavaOutput
 from adallava.engine.sliced import SliceCache
@@ -55,6 +56,7 @@ from adallava.modules.scheduler_head import SchedulerHead
 
 ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
+SCHEDULER_TRAINED = "scheduler_trained"  # adaptive_config.json: whether the scheduler was trained
 
 
 @dataclass
@@ -121,6 +123,9 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         self.latency_encoder = LatencyEncoder(text_config.hidden_size, self.adaptive.latency_frequencies)
         self.scheduler = SchedulerHead(text_config.hidden_size, self.switches.num_switches)
         self._init_adaptive_weights(text_config.initializer_range)
+        # Fresh weights: budgets would be planned by noise. `adallava train` / `convert` set it (it is
+        # saved as "scheduler_trained" in adaptive_config.json); answering refuses budgets while False.
+        self.scheduler_trained = False
         self.post_init()
 
     def _init_adaptive_weights(self, std: float) -> None:
@@ -181,12 +186,13 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """The HF model's folder (config.json, model.safetensors, generation_config.json) plus
-        adaptive_config.json and adaptive.safetensors. Safetensors only."""
+        adaptive_config.json (the settings and "scheduler_trained") and adaptive.safetensors."""
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         kwargs.pop("safe_serialization", None)
         self.base.save_pretrained(directory, **kwargs)
-        (directory / ADAPTIVE_CONFIG_FILE).write_text(json.dumps(self.adaptive.to_dict(), indent=2) + "\n")
+        saved = {**self.adaptive.to_dict(), SCHEDULER_TRAINED: bool(self.scheduler_trained)}
+        (directory / ADAPTIVE_CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
         tensors = {f"latency_encoder.{k}": v for k, v in self.latency_encoder.state_dict().items()}
         tensors |= {f"scheduler.{k}": v for k, v in self.scheduler.state_dict().items()}
         save_file(
@@ -197,17 +203,23 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs):
-        """Load a folder written by `save_pretrained` (offline). Extra kwargs go to the HF model's
-        `from_pretrained` (e.g. dtype, attn_implementation, device_map)."""
-        directory = Path(path)
+        """Load a folder written by `save_pretrained`, or a bundled model by name (offline). Extra kwargs
+        go to the HF model's `from_pretrained` (e.g. dtype, attn_implementation, device_map). A file
+        without "scheduler_trained" (written before the key existed) loads as untrained: mark it true
+        in adaptive_config.json if its scheduler was trained."""
+        directory = resolve_model(path)
         config_file = directory / ADAPTIVE_CONFIG_FILE
         if not config_file.is_file():
             raise FileNotFoundError(
                 f"{directory} has no {ADAPTIVE_CONFIG_FILE}: it is not an adallava checkpoint. To make a HF "
                 f"model adaptive use {cls.__name__}.from_base(<the HF model>, AdaptiveConfig())"
             )
-        adaptive = AdaptiveConfig.from_dict(json.loads(config_file.read_text()))
-        model = cls.from_base(cls._load_base(directory, **kwargs), adaptive)
+        saved = json.loads(config_file.read_text())
+        trained = saved.pop(SCHEDULER_TRAINED, False)
+        if not isinstance(trained, bool):
+            raise ValueError(f"{config_file}: {SCHEDULER_TRAINED} must be true or false, got {trained!r}")
+        model = cls.from_base(cls._load_base(directory, **kwargs), AdaptiveConfig.from_dict(saved))
+        model.scheduler_trained = trained
         state = load_file(str(directory / ADAPTIVE_WEIGHTS_FILE))
         for prefix, module in (("latency_encoder.", model.latency_encoder), ("scheduler.", model.scheduler)):
             part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

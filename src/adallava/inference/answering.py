@@ -14,11 +14,13 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
 from adallava.core.plan import ExecutionPlan
+from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE, SCHEDULER_TRAINED
 from adallava.inference.prompts import chat_prompt
 
 FINISH_STOP = "stop"  # the model wrote its end-of-sequence token
@@ -28,10 +30,12 @@ FINISH_LENGTH = "length"  # the request's max_new_tokens ran out first
 @dataclass(frozen=True)
 class Prompt:
     """One request, encoded. input_ids: long [T] (image placeholders expanded to the model's visual
-    tokens); pixel_values: float [I, 3, H, W] for its I images, or None for a text-only request."""
+    tokens); pixel_values: float [I, 3, H, W] for its I images, or None for a text-only request;
+    unknown_words: the words of the prompt its tokenizer could only read as its unknown token."""
 
     input_ids: torch.Tensor
     pixel_values: torch.Tensor | None = None
+    unknown_words: tuple[str, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -47,7 +51,7 @@ class Answer:
     is the share of head units and MLP groups on over all layers (None for layer plans). `budget` is
     the fraction the row ran under (None: the base model or an explicit plan). `completion_tokens`
     counts the end-of-sequence token when the model wrote one (it was computed); `token_ids` / `text`
-    leave it out."""
+    leave it out. `unknown_words`: the prompt's words the tokenizer read as its unknown token."""
 
     text: str
     token_ids: list[int]
@@ -61,6 +65,7 @@ class Answer:
     prefill_flops: dict[str, float]
     full_prefill_flops: dict[str, float]
     decode_flops: dict[str, float]
+    unknown_words: tuple[str, ...] = ()
 
 
 def encode(
@@ -70,7 +75,47 @@ def encode(
     add_special_tokens=False when the text already starts with the BOS its chat template wrote."""
     special = {} if add_special_tokens else {"add_special_tokens": False}
     inputs = processor(images=list(images) or None, text=[text], return_tensors="pt", **special)
-    return Prompt(inputs["input_ids"][0], inputs.get("pixel_values"))
+    input_ids = inputs["input_ids"][0]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    unk = tokenizer.unk_token_id
+    unknown = unknown_words(tokenizer, text) if unk is not None and bool((input_ids == unk).any()) else []
+    return Prompt(input_ids, inputs.get("pixel_values"), tuple(unknown))
+
+
+def unknown_words(tokenizer, text: str) -> list[str]:
+    """The words of `text` that `tokenizer` can only map to its unknown token (each once, in order):
+    what the model never sees. Empty for tokenizers without an unknown token (byte-level BPE)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return []
+    if not getattr(tokenizer, "is_fast", False):  # slow tokenizers give no offsets: the pieces themselves
+        pieces = tokenizer.tokenize(text)
+        found = [p for p, i in zip(pieces, tokenizer.convert_tokens_to_ids(pieces), strict=True) if i == unk]
+    else:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        found = [text[start:end] for token, (start, end) in spans if token == unk]
+    return list(dict.fromkeys(found))
+
+
+def check_scheduler_trained(model, name: str | None = None) -> None:
+    """Refuse budgets on a model whose scheduler was never trained (a plain HF Llava wrapped by
+    `from_base`, or the output of `adallava init`): its plans would be noise. Raises ValueError naming
+    the model (`name`, else the folder it was loaded from) and what to do."""
+    if getattr(model, "scheduler_trained", True):
+        return
+    folder = str(getattr(model, "name_or_path", "") or "")
+    name = name or folder or type(model).__name__
+    if folder and Path(folder).is_dir() and not (Path(folder) / ADAPTIVE_CONFIG_FILE).is_file():
+        why = "it is a base model (a plain HF Llava folder), wrapped with a fresh scheduler"
+    else:
+        why = (f'its {ADAPTIVE_CONFIG_FILE} says "{SCHEDULER_TRAINED}": false (or has no such key), as '
+               "`adallava init` and `AdaLlava.from_base` leave a freshly initialised scheduler")  # fmt: skip
+    raise ValueError(
+        f"model {name!r} has no trained scheduler ({why}), so it cannot choose layers under a budget: run it "
+        "without a budget (the full model), or train the scheduler first (`adallava train`, stage adaptive). "
+        f'If its scheduler was trained, set "{SCHEDULER_TRAINED}": true in its {ADAPTIVE_CONFIG_FILE}.'
+    )
 
 
 def collate(prompts: Sequence[Prompt], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -101,8 +146,8 @@ def answer_batch(
     or None for every row: the base model) with at most `max_new_tokens[r]` new tokens. `plan`: an
     explicit plan (rows [B]) instead of budgets (every budget None), e.g. an evaluation baseline's.
     Extra kwargs go to `generate` (e.g. a `streamer`, `stopping_criteria`). Raises ValueError for a
-    bad budget."""
-    _check_rows(prompts, budgets, max_new_tokens, plan)
+    bad budget, or for budgets on a model without a trained scheduler (`check_scheduler_trained`)."""
+    _check_rows(model, prompts, budgets, max_new_tokens, plan)
     inputs, pad = _inputs(model, processor, prompts)
     out = model.generate(
         **inputs,
@@ -139,6 +184,7 @@ def answer_batch(
                 prefill_flops=_flops(out.prefill_cost, row),
                 full_prefill_flops=_flops(out.full_prefill_cost, row),
                 decode_flops=_flops(decode, row),
+                unknown_words=prompt.unknown_words,
             )
         )
     return answers
@@ -154,12 +200,12 @@ def prefill_batch(
 ) -> None:
     """The prefill of `answer_batch` alone (one forward pass that yields the first token, same rows,
     budgets or plan), to time the first token."""
-    _check_rows(prompts, budgets, [1] * len(prompts), plan)
+    _check_rows(model, prompts, budgets, [1] * len(prompts), plan)
     inputs, _ = _inputs(model, processor, prompts)
     model(**inputs, budget=_budget(budgets), plan=plan, use_cache=True, logits_to_keep=1)
 
 
-def _check_rows(prompts, budgets, max_new_tokens, plan) -> None:
+def _check_rows(model, prompts, budgets, max_new_tokens, plan) -> None:
     if not len(prompts) == len(budgets) == len(max_new_tokens):
         raise ValueError(
             f"one budget and one max_new_tokens per prompt: got {len(prompts)} prompts, "
@@ -172,6 +218,8 @@ def _check_rows(prompts, budgets, max_new_tokens, plan) -> None:
         raise ValueError("a batch runs either every row under a budget or none (the base model)")
     if plan is not None and not all(unbudgeted):
         raise ValueError("a batch runs under budgets or an explicit plan, not both")
+    if not all(unbudgeted):
+        check_scheduler_trained(model)
 
 
 def _inputs(model, processor, prompts: Sequence[Prompt]) -> tuple[dict[str, torch.Tensor], int]:
@@ -212,7 +260,8 @@ def _flops(cost, row: int) -> dict[str, float]:
 
 
 def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
-    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms}."""
+    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms,
+    unknown_words (the words of the prompt the tokenizer read as its unknown token)}."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
     prompt = encode(processor, chat_prompt(processor, question), [image])
@@ -227,4 +276,5 @@ def ask(model, processor, image: Image.Image, question: str, budget, max_new_tok
         "full_flops": answer.full_prefill_flops,
         "decode_flops": answer.decode_flops,
         "ms": ms,
+        "unknown_words": list(answer.unknown_words),
     }

@@ -195,6 +195,7 @@ def _save_adaptive(
     for prefix, module in (("latency_encoder.", model.latency_encoder), ("scheduler.", model.scheduler)):
         part = {k[len(prefix) :]: v.float() for k, v in adaptive_state.items() if k.startswith(prefix)}
         module.load_state_dict(part, strict=True)
+    model.scheduler_trained = True  # the authors trained it: budgets are allowed
     model.save_pretrained(out_dir)
 
 

@@ -1,5 +1,6 @@
-"""`adallava init`: make any HF Llava folder adaptive (scheduler and latency encoder freshly
-initialised, seeded) and save it with the base folder's processor files."""
+"""`adallava init`: make any HF Llava folder (or bundled base model) adaptive (scheduler and latency
+encoder freshly initialised, seeded) and save it with the base folder's processor files. The output
+says "scheduler_trained": false until `adallava train` trains it: budgets are refused until then."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from transformers import (
 )
 
 from adallava.core.config import AdaptiveConfig
+from adallava.engine.folders import resolve_model
 from adallava.engine.llava import AdaLlava
 from adallava.io.checkpoint import DTYPES, PROCESSOR_FILES, check_out_dir
 from adallava.io.official_format import OFFICIAL_MODEL_TYPE
@@ -27,11 +29,10 @@ def init_from_base(
 ) -> AdaLlava:
     """Make any HF Llava folder adaptive: a freshly initialised scheduler and latency encoder (seeded),
     saved with the base weights and the base folder's tokenizer / processor / chat template files, so the
-    output loads offline with `AdaLlava.from_pretrained` and `AutoProcessor.from_pretrained`."""
-    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    output loads offline with `AdaLlava.from_pretrained` and `AutoProcessor.from_pretrained`.
+    `base_dir`: a folder or a bundled model's name (e.g. 'tiny-llava')."""
+    base_dir, out_dir = resolve_model(base_dir, flag="--base"), Path(out_dir)
     config_file = base_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: --base must be a Hugging Face Llava folder")
     model_type = json.loads(config_file.read_text()).get("model_type")
     if model_type == OFFICIAL_MODEL_TYPE:
         raise ValueError(
@@ -46,6 +47,7 @@ def init_from_base(
     base = LlavaForConditionalGeneration.from_pretrained(base_dir, dtype=torch_dtype)
     torch.manual_seed(seed)
     model = AdaLlava.from_base(base, adaptive)
+    model.scheduler_trained = False  # as from_base leaves it; said here because budgets depend on it
     model.save_pretrained(out_dir)
     for name in PROCESSOR_FILES:
         if (base_dir / name).is_file():

@@ -299,7 +299,8 @@ def usage(result: Result) -> dict:
 
 
 def report(result: Result) -> dict:
-    """The `adallava` field of a response: the budget, the plan that ran, its FLOPs and the timings."""
+    """The `adallava` field of a response: the budget, the plan that ran, its FLOPs, the timings and the
+    prompt's words the tokenizer did not know."""
     answer = result.answer
     return {
         "budget": answer.budget,
@@ -311,6 +312,7 @@ def report(result: Result) -> dict:
         "prefill_ms": round(result.prefill_ms, 3),
         "decode_ms": round(result.decode_ms, 3),
         "batch_size": result.batch_size,
+        "unknown_words": result.unknown_words,
     }
 
 

@@ -33,12 +33,20 @@ class Result:
     decode_ms: float
     batch_size: int
 
+    @property
+    def unknown_words(self) -> list[str]:
+        """The prompt's words the model's tokenizer read as its unknown token (for the report)."""
+        return list(self.answer.unknown_words)
+
 
 class ServedModel:
-    """The served model and what the protocol needs to know about it."""
+    """The served model and what the protocol needs to know about it. A model whose scheduler was never
+    trained is served as a base model (no budgets), whatever `adaptive` says."""
 
     def __init__(self, model, processor, name: str, adaptive: bool, settings: Settings):
         self.model, self.processor, self.settings = model, processor, settings
+        self.scheduler_trained = bool(getattr(model, "scheduler_trained", False))
+        adaptive = adaptive and self.scheduler_trained
         # Requests are prepared in a thread pool; a fast tokenizer must not be entered concurrently.
         self._processor_lock = threading.Lock()
         text_config = model.config.get_text_config()
@@ -55,6 +63,7 @@ class ServedModel:
         """The `adallava` entry of /v1/models: what a client needs to pick budgets."""
         return {
             "adaptive": self.card.adaptive,
+            "scheduler_trained": self.scheduler_trained,
             "switches": self.model.adaptive.switches if self.card.adaptive else None,
             "num_layers": self.model.num_layers,
             "num_prefix_layers": self.model.num_prefix if self.card.adaptive else self.model.num_layers,

@@ -207,8 +207,8 @@ def check_budget(value, card: ModelCard) -> float | str | None:
     if not card.adaptive:
         if value is not None:
             raise bad_request(
-                f"model {card.name!r} is not adaptive (it has no scheduler and always runs every layer): "
-                f"send no budget, got {value!r}",
+                f"model {card.name!r} is not adaptive (it has no trained scheduler: it always runs every "
+                f"layer): send no budget, got {value!r}",
                 param="budget",
                 code="budget_not_supported",
             )

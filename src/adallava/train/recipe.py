@@ -38,6 +38,7 @@ from adallava.core.config import AdaptiveConfig
 from adallava.data.conversation import IMAGE_TOKEN, ConversationCollator, ConversationDataset
 from adallava.engine.llava import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaLlava
 from adallava.engine.switches import unit_settings_of_other_kinds
+from adallava.io.hub import resolve_model, resolve_processor
 from adallava.train.args import TrainArgs
 
 LOG_FILE = "log.jsonl"
@@ -139,23 +140,15 @@ class TrainResult:
 
 def setup(args: TrainArgs) -> Run:
     """Load data, model and processor; build optimizer, schedule and accelerator; restore a checkpoint."""
+    # Local folders or bundled names only, checked first: a missing folder is never looked up on the Hub.
+    model_dir = resolve_model(args.model, flag="model (--model)")
+    processor_dir = resolve_processor(model_dir, args.processor)
     # The process state (and so the device) before the Accelerator: mixed precision depends on it.
     # ACCELERATE_USE_CPU is what `accelerate launch --cpu` sets; the Accelerator would read it too late.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     mixed_precision = _mixed_precision(args.mixed_precision, state.device)
-    processor = AutoProcessor.from_pretrained(args.processor or args.model)
-    dataset = ConversationDataset(
-        args.data,
-        args.image_folder,
-        processor,
-        max_length=args.max_length,
-        prompt_format=args.prompt_format,
-        system_prompt=args.system_prompt,
-        pad_to_square=args.pad_to_square,
-        skip_bad=args.skip_bad,
-        cache_tokens=args.cache_tokens,
-        cache_images=args.cache_images,
-    )
+    processor = AutoProcessor.from_pretrained(processor_dir)
+    dataset = _dataset(args, processor)
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
@@ -171,7 +164,7 @@ def setup(args: TrainArgs) -> Run:
         ],
     )
     set_seed(args.seed)  # the same new weights (scheduler, LoRA) on every process
-    model = _load_model(args)
+    model = _load_model(args, model_dir)
     llava = model.llava if isinstance(model, AdaLlava) else model
     _check_processor(dataset, llava)
     llava.model.vision_tower.requires_grad_(args.train_vision_tower)
@@ -180,18 +173,7 @@ def setup(args: TrainArgs) -> Run:
     if args.gradient_checkpointing:
         llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
-    pad_id = processor.tokenizer.pad_token_id
-    dataloader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=args.batch_size,
-        sampler=EpochSampler(len(dataset), args.seed),
-        collate_fn=ConversationCollator(pad_id if pad_id is not None else processor.tokenizer.eos_token_id),
-        num_workers=args.num_workers,
-        persistent_workers=args.num_workers > 0,
-        pin_memory=accelerator.device.type == "cuda",
-        # Its own generator, so that starting an epoch never draws from the global RNG.
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    dataloader = _dataloader(args, dataset, processor, accelerator)
     optimizer = torch.optim.AdamW(_param_groups(model, args), lr=args.learning_rate)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     micro_per_epoch = len(dataloader)
@@ -218,6 +200,36 @@ def setup(args: TrainArgs) -> Run:
     return run
 
 
+def _dataset(args: TrainArgs, processor) -> ConversationDataset:
+    return ConversationDataset(
+        args.data,
+        args.image_folder,
+        processor,
+        max_length=args.max_length,
+        prompt_format=args.prompt_format,
+        system_prompt=args.system_prompt,
+        pad_to_square=args.pad_to_square,
+        skip_bad=args.skip_bad,
+        cache_tokens=args.cache_tokens,
+        cache_images=args.cache_images,
+    )
+
+
+def _dataloader(args: TrainArgs, dataset, processor, accelerator: Accelerator) -> torch.utils.data.DataLoader:
+    pad_id = processor.tokenizer.pad_token_id
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=EpochSampler(len(dataset), args.seed),
+        collate_fn=ConversationCollator(pad_id if pad_id is not None else processor.tokenizer.eos_token_id),
+        num_workers=args.num_workers,
+        persistent_workers=args.num_workers > 0,
+        pin_memory=accelerator.device.type == "cuda",
+        # Its own generator, so that starting an epoch never draws from the global RNG.
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+
 def _mixed_precision(requested: str, device: torch.device) -> str:
     if requested == "no":
         return "no"
@@ -231,10 +243,7 @@ def _mixed_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def _load_model(args: TrainArgs) -> nn.Module:
-    path = Path(args.model)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {path} is not a model folder (no config.json)")
+def _load_model(args: TrainArgs, path: Path) -> nn.Module:
     is_adaptive = (path / ADAPTIVE_CONFIG_FILE).is_file()
     if args.stage == "base":
         if is_adaptive:
@@ -465,6 +474,7 @@ def save_model(run: Run, directory: Path) -> None:
         if run.args.lora:
             state = merge_lora(model, state)
         if isinstance(model, AdaLlava):
+            model.scheduler_trained = True  # saved in adaptive_config.json: budgets are allowed from now on
             prefix = next(f"{name}." for name, child in model.named_children() if child is model.llava)
             llava_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             model.save_pretrained(directory, state_dict=llava_state)

@@ -2,6 +2,10 @@
 
 adallava ask --image cat.png --question "What color is the cat?" --budget 0.6
 adallava ask --image scene.png --question "How many circles are there?" --model tiny-adallava-h --json
+adallava ask --image scene.png --question "What shape is red?" --model tiny-llava   # a base model: no budget
+
+Without --budget a model with a trained scheduler runs at 1.0, and one without (a base model, or the
+output of `adallava init`) runs as the full model; a budget on the latter is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from adallava.core.budget import parse_budget
-from adallava.inference.answering import ask
+from adallava.inference.answering import ask, check_scheduler_trained
 from adallava.io.hub import BUNDLED, DEFAULT_MODEL, load_model
 
 
@@ -28,14 +32,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--question", required=True, help="the question, in words")
     parser.add_argument(
         "--budget",
-        default="1.0",
+        default=None,
         help="fraction of the full decoder-stack FLOPs in [b_min, 1] (b_min = prefix share, 0.5 by default) "
-        "or an absolute cap such as '2M' (default: %(default)s)",
+        "or an absolute cap such as '2M' (default: 1.0 with a trained scheduler, else none: the full model)",
     )
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
         help=f"folder or bundled name ({', '.join(BUNDLED)}; default %(default)s)",
+    )
+    parser.add_argument(
+        "--processor", metavar="DIR", help="folder or bundled name holding the processor (default: --model)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,18 +61,31 @@ def open_image(path: Path) -> Image.Image:
 
 def run(args) -> int:
     image = open_image(args.image)
-    model, processor = load_model(args.model)
-    budget = parse_budget(args.budget)
+    budget = None if args.budget is None else parse_budget(args.budget)  # checked before loading
+    model, processor = load_model(args.model, processor=args.processor)
+    if budget is None:
+        budget = 1.0 if model.scheduler_trained else None
+    else:
+        check_scheduler_trained(model, str(args.model))
     result = ask(model, processor, image, args.question, budget, args.max_new_tokens)
     if args.json:
         print(json.dumps(result))
-        return 0
+    else:
+        print_summary(result)
+    return 0
+
+
+def print_summary(result: dict) -> None:
+    """The answer, the layers that ran, FLOPs, time and any words the tokenizer did not know."""
     layers, n = result["plan"]["layers"], result["plan"]["num_layers"]
     strip = "".join("█" if i in layers else "·" for i in range(n))
     llm, full = result["flops"]["llm"], result["full_flops"]["llm"]
+    budget = "none (the full model)" if result["budget"] is None else result["budget"]
     print(f"answer: {result['answer']}")
-    print(f"budget: {result['budget']}   layers run: {strip} ({len(layers)}/{n})")
+    print(f"budget: {budget}   layers run: {strip} ({len(layers)}/{n})")
     print(f"prefill FLOPs: LLM {llm / 1e6:.2f}M of {full / 1e6:.2f}M ({llm / full:.3f}), total "
           f"{result['flops']['total'] / 1e6:.2f}M of {result['full_flops']['total'] / 1e6:.2f}M")  # fmt: skip
     print(f"time: {result['ms']:.0f} ms")
-    return 0
+    if result["unknown_words"]:
+        print(f"unknown words: {', '.join(result['unknown_words'])} (not in the model's vocabulary: it read "
+              "them as its unknown token; rephrase with words it knows)")  # fmt: skip

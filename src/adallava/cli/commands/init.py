@@ -3,6 +3,10 @@ and latency encoder, ready to train. The tokenizer, processor and chat template 
 folder are copied, so the output loads offline.
 
     adallava init --base /path/to/llava-1.5-7b-hf --switches layer --out /path/to/ada-llava-7b-init
+    adallava init --base tiny-llava --switches head --out runs/tiny-h-init
+
+The new scheduler is untrained ("scheduler_trained": false in adaptive_config.json): the model
+refuses budgets until `adallava train` (stage adaptive) has trained it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ def add_parser(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--base", required=True, type=Path, metavar="DIR", help="a Hugging Face Llava folder")
+    parser.add_argument(
+        "--base", required=True, type=Path, metavar="DIR", help="a HF Llava folder, or a bundled name"
+    )
     parser.add_argument(
         "--switches", required=True, choices=SWITCH_KINDS, help="layer (AdaLLaVA-L) or head (-H)"
     )
@@ -83,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
     model = init_from_base(args.base, args.out, adaptive, args.dtype, args.seed)
     resolved = model.adaptive
     print(f"wrote {args.out}: {resolved.switches} switches, P = {resolved.num_prefix_layers} of N = "
-          f"{model.num_layers} layers, scheduler freshly initialised (seed {args.seed})")  # fmt: skip
+          f"{model.num_layers} layers, scheduler freshly initialised (seed {args.seed}) and untrained: "
+          "train it (`adallava train`, stage adaptive) before asking with a budget")  # fmt: skip
     return 0

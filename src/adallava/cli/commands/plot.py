@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     )
     attention = parser.add_argument_group("latency-token attention (instead of results folders)")
     attention.add_argument(
-        "--attention", type=Path, default=None, metavar="MODEL", help="an adallava model folder"
+        "--attention", default=None, metavar="MODEL", help="an adallava model folder or a bundled name"
     )
     attention.add_argument("--image", type=Path, default=None, help="the image")
     attention.add_argument(
@@ -84,10 +84,13 @@ def _attention(args: argparse.Namespace) -> int:
 
     from adallava.engine.llava import AdaLlava
     from adallava.inference.attention import latency_token_attention
+    from adallava.io.hub import resolve_model, resolve_processor
     from adallava.report.plots import plot_latency_attention
 
-    model = AdaLlava.from_pretrained(args.attention, attn_implementation="eager")
-    processor = AutoProcessor.from_pretrained(args.attention)
+    folder = resolve_model(args.attention, flag="--attention")
+    processor_dir = resolve_processor(folder)  # checked before the model loads
+    model = AdaLlava.from_pretrained(folder, attn_implementation="eager")
+    processor = AutoProcessor.from_pretrained(processor_dir)
     image = Image.open(args.image).convert("RGB")
     prompts = [
         processor.apply_chat_template(

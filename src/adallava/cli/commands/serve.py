@@ -5,8 +5,10 @@ adallava serve --model tiny-adallava-h --port 8080 --max-batch-size 16
 curl -s localhost:8000/v1/models
 
 POST /v1/chat/completions takes OpenAI's chat format (images as data URLs) plus an optional "budget"
-(a fraction in [b_min, 1] or a FLOPs cap such as "2M"; absent: 1.0, the full model). The page at /
-lets you try it. Limits, status codes and metrics: docs/serving.md.
+(a fraction in [b_min, 1] or a FLOPs cap such as "2M"; absent: 1.0, the full model). A model without a
+trained scheduler (a base model, or the output of `adallava init`) is served as a base model: every
+layer runs and a budget is a 400. The page at / lets you try it. Limits, status codes and metrics:
+docs/serving.md.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import logging
 
 from adallava.cli import flags
-from adallava.io.hub import BUNDLED, DEFAULT_MODEL
+from adallava.io.hub import BUNDLED, DEFAULT_MODEL, check_device, load_model, resolve_model
 from adallava.serve.settings import Settings
 
 
@@ -31,6 +33,8 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_MODEL,
         help=f"folder or bundled name ({', '.join(BUNDLED)}; default %(default)s)",
     )
+    parser.add_argument("--processor", metavar="DIR", help="folder or bundled name holding the processor "
+                        "(default: --model)")  # fmt: skip
     parser.add_argument("--served-model-name", help="the model id clients use (default: --model as given)")
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)"
@@ -44,19 +48,25 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    import torch
     import uvicorn
 
-    from adallava.eval.runner import load_model
+    from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE
     from adallava.serve.app import create_app
 
     settings = flags.from_namespace(Settings, args)  # checked before the model loads
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
-    model, processor, adaptive = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_device(args.device)
+    folder = resolve_model(args.model, flag="--model")
+    model, processor = load_model(folder, args.processor, args.device, dtype=getattr(torch, args.dtype))
+    processor.tokenizer.padding_side = "left"
+    # Served with budgets only when its scheduler was trained (ServedModel checks it too).
+    adaptive = (folder / ADAPTIVE_CONFIG_FILE).is_file() and model.scheduler_trained
     name = args.served_model_name or str(args.model)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(model, processor, settings, name=name, adaptive=adaptive)
-    kind = f"adaptive, b_min {model.b_min:g}" if adaptive else "base model, no budgets"
+    kind = f"adaptive, b_min {model.b_min:g}" if adaptive else "no trained scheduler: full model, no budgets"
     url = f"http://{args.host}:{args.port}"
     print(f"adallava serve: {name} ({kind}) on {url} (page: /, API: /v1/chat/completions)", flush=True)
     uvicorn.run(
