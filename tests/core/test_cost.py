@@ -311,16 +311,48 @@ def test_layer_plan_bought_by_a_budget_fits_and_is_maximal(text, tokens, prefix_
             budget_fractions([b_min * full * 0.999], 1, b_min, [full])
 
 
-def test_plan_cost_is_cheap(shape_7b):
-    """A plan's cost is microseconds of arithmetic (a tiny model's forward is milliseconds)."""
-    import time
-
+def test_plan_cost_is_deterministic_and_finite(shape_7b):
+    """Pricing a plan again gives the same numbers (the price caches rely on the model being pure)."""
     plan = _layers(20, 32)
-    start = time.perf_counter()
-    for _ in range(100):
-        prefill_cost(shape_7b, IMAGE, TEXT, layers=plan)
-    assert (time.perf_counter() - start) / 100 < 0.01
-    assert math.isfinite(prefill_cost(shape_7b, IMAGE, TEXT, layers=plan).bytes.total)
+    first = prefill_cost(shape_7b, IMAGE, TEXT, layers=plan)
+    again = prefill_cost(shape_7b, IMAGE, TEXT, layers=list(plan))
+    assert (first.total, first.elementwise, first.bytes) == (again.total, again.elementwise, again.bytes)
+    assert math.isfinite(first.bytes.total) and first.bytes.total > 0
+
+
+# --- elementwise FLOPs, pinned by hand for one layer --------------------------------------------
+
+# A tiny Llama block: hidden 64, 4 heads of 16 (no GQA), intermediate 128. LLM-Viewer's counts per
+# element: RMSNorm 7, softmax 5 per score, SiLU-gated activation 2, residual add 1.
+TINY_LLAMA = TextShape(2, 64, 4, 4, 16, 128, 96)
+
+
+# Catches: a cost-model elementwise term dropped or changed (a norm, the softmax, the activation, a
+# residual add, or Qwen2's q/k/v bias adds).
+def test_elementwise_flops_of_one_llama_layer_by_hand():
+    # Prefill over 10 tokens:
+    #   input RMSNorm        7 * 10 * 64      = 4480
+    #   residual add (attn)      10 * 64      =  640
+    #   softmax              5 * 10 * 10 * 4  = 2000   (tokens x context x heads)
+    #   post-attn RMSNorm    7 * 10 * 64      = 4480
+    #   SiLU(gate) * up      2 * 10 * 128     = 2560
+    #   residual add (MLP)       10 * 64      =  640
+    assert layer_flops(TINY_LLAMA, 10).elementwise == 4480 + 640 + 2000 + 4480 + 2560 + 640 == 14800
+    # One decode step, one query against 11 keys: 448 + 64 + 5 * 11 * 4 + 448 + 2 * 128 + 64
+    assert layer_flops(TINY_LLAMA, 1, 11).elementwise == 448 + 64 + 220 + 448 + 256 + 64 == 1500
+    # One head unit of four and 40 neurons: the softmax over one head, the activation over 40 neurons;
+    # the norms and residual adds run whenever any unit of their half runs.
+    assert layer_flops(TINY_LLAMA, 10, head_units_on=1, mlp_neurons_on=40).elementwise == (
+        4480 + 640 + 500 + 4480 + 800 + 640
+    )
+    assert layer_flops(TINY_LLAMA, 10, head_units_on=0, mlp_neurons_on=0).elementwise == 0
+    # Qwen2 adds q, k and v biases: 10 tokens x (64 + 64 + 64) outputs
+    qwen = TextShape(2, 64, 4, 4, 16, 128, 96, qkv_bias=True)
+    assert layer_flops(qwen, 10).elementwise == 14800 + 1920
+    # A phase: both layers plus the final RMSNorm (7 * 10 * 64), never inside `total`.
+    cost = prefill_cost(ModelShape(TINY_LLAMA), 0, 10)
+    assert cost.elementwise == 2 * 14800 + 4480 and cost.norm == 4480
+    assert cost.total == cost.llm + cost.lm_head
 
 
 def test_llama_config_object_reads_like_its_dict():

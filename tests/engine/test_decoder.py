@@ -72,24 +72,42 @@ def test_plans_depend_on_content(base_llava, ada):
     assert len({tuple(p) for p in plans}) > 1
 
 
-def test_budget_plan_equals_running_that_plan_with_the_latency_token(base_llava, ada):
-    """Skipping (inference) and gating (training) agree: off layers are exact identities."""
-    inputs = tiny_inputs(base_llava.config, [5, 8], "right", seed=6)
+def forced_order_model(base, adaptive: AdaptiveConfig, seed: int) -> AdaLlava:
+    """A model of its own whose scheduler logits are a fixed, widely spaced order (bias only): the
+    training sample (logits + Gumbel noise, noise far below the gaps) then equals the greedy plan."""
+    model = AdaLlava.from_base(copy.deepcopy(base), adaptive)
+    order = torch.randperm(model.scheduler.head.bias.numel(), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        skipped = ada(**inputs, budget=[0.625, 0.75])
-        ada.train()
-        try:
-            torch.manual_seed(0)
-            gated = ada(**inputs, budget=[0.625, 0.75])
-        finally:
-            ada.eval()
-    # In training the plan is sampled; compare rows where the sample equals the greedy plan by
-    # re-running the sampled plan with skipping.
+        model.scheduler.head.weight.zero_()
+        model.scheduler.head.bias.copy_(100.0 * order.float())
+    return model
+
+
+def gated_and_skipped(model, inputs, budgets):
+    """(training forward: plan sampled, layers gated; inference forward: plan chosen, layers skipped)."""
+    model.train()
+    try:
+        gated = model(**inputs, budget=budgets, generator=torch.Generator().manual_seed(0))
+    finally:
+        model.eval()
     with torch.no_grad():
-        ada_plan = gated.plan
-        rerun = ada(**inputs, budget=[0.625, 0.75], plan=None)
-    assert torch.equal(rerun.plan.layers, skipped.plan.layers)
-    assert ada_plan.layers.sum(-1).tolist() == skipped.plan.layers.sum(-1).tolist()
+        skipped = model(**inputs, budget=budgets)
+    return gated, skipped
+
+
+# Catches: training gates applied to the wrong rows (or the wrong upper layer), and gates that are not
+# exact identities for off layers: the gated training forward must equal the skipping forward.
+def test_training_gates_equal_inference_skipping_for_the_same_plan(base_llava):
+    model = forced_order_model(base_llava, AdaptiveConfig(), seed=0)
+    bias = model.scheduler.head.bias.detach()
+    inputs = tiny_inputs(base_llava.config, [5, 8, 3, 7, 6], "right", seed=6)
+    budgets = [0.625, 1.0, 0.875, 0.5, 0.75]  # 1, 4, 3, 0, 2 upper layers: every row differs
+    gated, skipped = gated_and_skipped(model, inputs, budgets)
+    ranked = (P + bias.argsort(descending=True)).tolist()  # upper layers by logit, by hand
+    expected = [sorted(range(P)) + sorted(ranked[:k]) for k in (1, 4, 3, 0, 2)]
+    assert gated.plan.executed_layers() == skipped.plan.executed_layers() == expected
+    real = skipped.attention_mask.bool()
+    torch.testing.assert_close(gated.logits.detach()[real], skipped.logits[real], atol=1e-5, rtol=0)
 
 
 def test_seeded_plan_sampling_is_reproducible(base_llava, ada):

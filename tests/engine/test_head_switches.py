@@ -13,6 +13,7 @@ from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.core.budget import RELATIVE_TOLERANCE
 from adallava.core.selection import official_head_selection
 from adallava.testing import tiny_inputs, tiny_llava
+from tests.engine.test_decoder import forced_order_model, gated_and_skipped
 from tests.helpers import assert_generates_as_one_at_a_time
 
 pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
@@ -189,6 +190,21 @@ def test_training_gates_equal_sliced_execution(family):
     assert torch.equal(rerun.plan.heads, plan.heads) and torch.equal(rerun.plan.mlp, plan.mlp)
     real = torch.cat([inputs["attention_mask"], torch.ones(2, 1, dtype=torch.long)], 1).bool()
     torch.testing.assert_close(gated.logits.detach()[real], rerun.logits[real], atol=1e-4, rtol=0)
+
+
+# Catches: head/MLP training gates applied to the wrong rows or layers: with the order forced (the
+# sample equals the greedy plan), the gated training forward equals the sliced inference forward.
+def test_forced_training_head_plans_equal_sliced_inference(family):
+    base, _ = family
+    adaptive = AdaptiveConfig(switches="head", rank=1, mlp_groups=3)
+    model = forced_order_model(base, adaptive, seed=1)
+    inputs = tiny_inputs(base.config, [5, 8, 3, 6], "right", seed=26)
+    gated, skipped = gated_and_skipped(model, inputs, [0.6, 1.0, 0.8, 0.7])
+    assert torch.equal(gated.plan.heads, skipped.plan.heads) and torch.equal(gated.plan.mlp, skipped.plan.mlp)
+    on = skipped.plan.heads.sum((1, 2)) + skipped.plan.mlp.sum((1, 2))
+    assert len(set(on.tolist())) == 4  # every row runs a different number of units
+    real = skipped.attention_mask.bool()
+    torch.testing.assert_close(gated.logits.detach()[real], skipped.logits[real], atol=1e-5, rtol=0)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

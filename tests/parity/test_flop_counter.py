@@ -35,6 +35,11 @@ PLANS = [
 ]
 
 
+def _randn(*shape: int) -> torch.Tensor:
+    """Seeded inputs (FLOP counts do not depend on values, but runs stay reproducible)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1)
 
@@ -100,7 +105,7 @@ def test_decoder_stack_matches_for_layer_plans(model, plan):
     image_tokens = shape.image_tokens_per_image
     sub = _with_layers(model, [i for i, on in enumerate(plan) if on])
     tokens = image_tokens + TEXT_TOKENS
-    embeds = torch.randn(1, tokens, shape.text.hidden_size)
+    embeds = _randn(1, tokens, shape.text.hidden_size)
     counted, _, out = _count(sub.model.language_model, inputs_embeds=embeds, use_cache=False)
     cost = prefill_cost(shape, image_tokens, TEXT_TOKENS, layers=plan)
     assert cost.llm == pytest.approx(counted, rel=0.01)
@@ -125,8 +130,8 @@ def test_decode_step_with_kv_cache_matches(model, plan):
     lm = sub.model.language_model
     past = 19
     with torch.no_grad():
-        out = lm(inputs_embeds=torch.randn(1, past, shape.text.hidden_size), use_cache=True)
-    step = torch.randn(1, 1, shape.text.hidden_size)
+        out = lm(inputs_embeds=_randn(1, past, shape.text.hidden_size), use_cache=True)
+    step = _randn(1, 1, shape.text.hidden_size)
     counted, _, _ = _count(lm, inputs_embeds=step, **hf_compat.cache_kwargs(hf_compat.output_cache(out)))
     cost = decode_step_cost(shape, context=past + 1, layers=plan)
     assert cost.llm == pytest.approx(counted, rel=0.01)
@@ -166,7 +171,7 @@ def test_siglip_tower_with_feature_layers_matches(use_head, strategy):
     shape = ModelShape.from_config(config)
     _, by_module, out = _count(
         model.model.get_image_features,
-        pixel_values=torch.randn(2, 3, 32, 32),
+        pixel_values=_randn(2, 3, 32, 32),
         vision_feature_layer=config.vision_feature_layer,
         vision_feature_select_strategy=strategy,
     )
@@ -197,7 +202,7 @@ def test_sliced_layer_matches_a_smaller_hf_layer(units, neurons):
     sliced._attn_implementation = "eager"
     torch.manual_seed(0)
     model = LlamaModel(sliced).eval()
-    counted, _, _ = _count(model, inputs_embeds=torch.randn(1, 11, 64), use_cache=False)
+    counted, _, _ = _count(model, inputs_embeds=_randn(1, 11, 64), use_cache=False)
     text = ModelShape.from_config(full).text
     assert layer_flops(text, 11, head_units_on=units, mlp_neurons_on=neurons).total == pytest.approx(
         counted, rel=0.01

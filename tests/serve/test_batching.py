@@ -55,6 +55,10 @@ def test_concurrent_mixed_budgets_batch_together_and_answer_as_alone(server):
         assert response.json()["adallava"]["batch_size"] == len(bodies) + 1  # one batch, all of them
     budgets = [r.json()["adallava"]["budget"] for r in batched]
     assert len({round(b, 3) for b in budgets}) == len(bodies)  # each row ran under its own budget
+    for response in batched:  # and kept it: prefill FLOPs within budget x the row's full FLOPs
+        report = response.json()["adallava"]
+        cap = report["budget"] * report["full_prefill_flops"]["llm"]
+        assert report["prefill_flops"]["llm"] <= cap * (1 + 1e-9), report
     for body, response in zip(bodies, batched, strict=True):
         alone = post(server.url, body).json()
         assert alone["adallava"]["batch_size"] == 1
@@ -164,6 +168,12 @@ def test_shutdown_answers_every_accepted_request_then_stops():
         gate.release()
         answers = [f.result() for f in (running, *queued)]
         assert [a.status_code for a in answers] == [200, 200, 200]
-        assert all(a.json()["choices"][0]["message"]["content"] is not None for a in answers)
+        # Bug caught: requests queued at shutdown answered with an empty or made-up report.
+        for answer in answers:
+            content = answer.json()["choices"][0]["message"]["content"]
+            assert isinstance(content, str) and answer.json()["usage"]["completion_tokens"] >= 1
+        reports = [a.json()["adallava"] for a in answers[1:]]
+        assert [r["budget"] for r in reports] == [0.6, 0.6] and [r["batch_size"] for r in reports] == [2, 2]
+        assert [len(r["plan"]["layers"]) for r in reports] == [4, 4]  # floor(8 x 0.6) layers ran
         server.thread.join(20)
         assert not server.thread.is_alive()
