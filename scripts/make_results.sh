@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates RESULTS.md from the bundled models on the synthetic world's held-out test split:
-# adallava eval for each model and method, then adallava report. Work goes to runs/results/.
+# adallava eval for each model and method (each folder gets meta.json: command, commit, versions,
+# machine; and the adaptive plans per input), then adallava report. Work goes to runs/results/.
 #   bash scripts/make_results.sh          (or: make results)
 # Needs the bundled models (bash scripts/build_bundled.sh) and the test world (runs/world-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh  # the virtualenv (.venv); its adallava and python come first on PATH below
+# the virtualenv (.venv); its adallava and python come first on PATH below. ADALLAVA_SKIP_SETUP=1 uses
+# ADALLAVA_VENV as it is (e.g. a shared, already installed one) instead of syncing it to the lock.
+[ "${ADALLAVA_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup.sh
 VENV=${ADALLAVA_VENV:-.venv}
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -28,6 +31,7 @@ if [ -d runs/tiny-adallava-l-deterministic ]; then
 fi
 PLOTS=results-plots  # committed beside RESULTS.md, which links to them
 folders=$(find $OUT -mindepth 1 -maxdepth 1 -type d | sort)
-adallava plot $folders --out $PLOTS
+rm -f $PLOTS/*.png $PLOTS/*.svg  # only this run's pictures; `adallava report` draws them all
+# (accuracy x axis: LLM prefill FLOPs, the paper's convention; plan heatmaps from each plans_*.json)
 adallava report --results $folders --plots $PLOTS --out RESULTS.md
 echo "wrote RESULTS.md"

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -56,6 +57,7 @@ def models(world, tmp_path_factory) -> tuple[Path, Path]:
         model = AdaLlava.from_base(LlavaForConditionalGeneration.from_pretrained(base_dir), AdaptiveConfig())
     with torch.no_grad():  # a random head gives near-equal logits; scale it so plans differ across inputs
         model.scheduler.head.weight.mul_(50)
+    model.scheduler_trained = True  # random, but these tests want budgeted plans (refused otherwise)
     model.save_pretrained(root / "ada")
     AutoProcessor.from_pretrained(base_dir).save_pretrained(root / "ada")
     return base_dir, root / "ada"
@@ -300,3 +302,134 @@ def test_token_selection_runs_on_top_of_adaptive_plans(world, models, tmp_path):
     assert row["scheduler"] == "probabilistic"
     assert run_eval(*common, "--out", tmp_path / "plain") == 0
     assert row["llm_flops"] < rows_of(tmp_path / "plain")[0]["llm_flops"]  # fewer visual tokens reach the LLM
+
+
+def test_plan_files_hold_each_inputs_plan_and_are_drawn(runs, tmp_path, monkeypatch):
+    # catches: Fig. 5's per-input plan heatmaps documented but never written (issue 14), or drawn
+    # from data that differs from the plans the answers ran (details.jsonl)
+    pytest.importorskip("matplotlib")
+    from adallava.report import plots as viz
+    from adallava.report import results as report
+
+    benchmarks = ("vqav2", "pope", "mme", "textvqa", "scienceqa", "mmbench")  # the order eval writes
+    for budget in BUDGETS:
+        path = runs[8] / f"plans_ada_adaptive_{budget:g}.json"
+        data = json.loads(path.read_text())
+        expected, families = [], []
+        for benchmark in benchmarks:  # by hand: the executed layer indices as one bool per layer
+            for line in details(runs[8], benchmark, "adaptive", budget):
+                expected.append([layer in line["layers"] for layer in range(8)])
+                families.append(benchmark)
+        assert data["layers"] == expected and data["families"] == families
+        assert (data["budget"], data["method"], data["num_prefix_layers"]) == (budget, "adaptive", 4)
+        assert sum(map(sum, expected)) == 8 * budget * len(expected)  # floor(N b) layers each
+    assert not list(runs[8].glob("plans_*early-exit*")) and not list(runs[8].glob("plans_*random*"))
+    drawn = []
+
+    def spy(*args, **kwargs):
+        figure = plot_plan_heatmap(*args, **kwargs)
+        drawn.append(figure.axes[0].images[0].get_array())
+        return figure
+
+    plot_plan_heatmap = viz.plot_plan_heatmap
+    monkeypatch.setattr(viz, "plot_plan_heatmap", spy)
+    written = report.write_plots([], [runs[8] / "plans_ada_adaptive_0.75.json"], tmp_path)
+    assert [p.name for p in written["plans"]] == [
+        "plans_ada_adaptive_0.75.png",
+        "plans_ada_adaptive_0.75_families.png",
+    ]
+    assert all(p.is_file() for p in written["plans"])
+    rows = [line["layers"] for b in benchmarks for line in details(runs[8], b, "adaptive", 0.75)]
+    labels = [b for b in benchmarks for _ in details(runs[8], b, "adaptive", 0.75)]
+    order = sorted(range(len(rows)), key=lambda i: labels[i])  # grouped by family, inputs in order
+    grid = np.array([[layer in rows[i] for layer in range(8)] for i in order], dtype=float)
+    np.testing.assert_array_equal(drawn[0].data, grid)
+
+
+def test_plan_files_keep_other_benchmarks_rows(tmp_path):
+    # catches: an `adallava eval --benchmark pope` run into a folder wiping the vqav2 plans it held
+    from types import SimpleNamespace
+
+    from adallava.eval.results import write_plans
+
+    def write(benchmark, plans):
+        items = [SimpleNamespace(key=str(i)) for i in range(len(plans))]
+        answers = [SimpleNamespace(plan={"layers": layers}) for layers in plans]
+        return write_plans(tmp_path / "plans.json", benchmark, items, answers, 4, {"budget": 0.5})
+
+    write("pope", [[0, 1], [0, 2]])
+    write("vqav2", [[0, 3]])
+    data = write("pope", [[0, 1, 2]])
+    assert data["inputs"] == [["vqav2", "0"], ["pope", "0"]]  # BENCHMARKS order; pope replaced
+    assert data["layers"] == [[True, False, False, True], [True, True, True, False]]
+    assert json.loads((tmp_path / "plans.json").read_text()) == data
+
+
+def test_meta_json_records_how_the_folder_was_made_and_the_report_shows_it(runs, models, world):
+    # catches: results folders without provenance (RESULTS.md said "no meta.json" for each, issue 14)
+    pytest.importorskip("matplotlib")
+    import os
+    import platform
+    import shlex
+    import subprocess
+    from importlib import metadata
+
+    import transformers
+
+    from adallava.cli import flags
+
+    meta = json.loads((runs[8] / "meta.json").read_text())
+    (run,) = meta["runs"]
+    assert meta["commands"] == [run["command"]] and "PRIMARY" in meta["fields"]["llm_flops"]
+    # the command reproduces the run's settings: parsed back, it gives the same EvalArgs
+    parser = argparse.ArgumentParser(prog="adallava")
+    eval_command.add_parser(parser.add_subparsers(dest="command"))
+    words = shlex.split(run["command"])
+    assert words[:2] == ["adallava", "eval"]
+    again = flags.from_namespace(EvalArgs, parser.parse_args(words[1:]))
+    assert again == EvalArgs(
+        model=str(models[1]), data=str(world), out=str(runs[8]), budgets=BUDGETS,
+        methods=tuple(METHODS.split(",")), batch_size=8, max_new_tokens=3, progress=False,
+    )  # fmt: skip
+    git = ["git", "-C", str(Path(__file__).parent)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        assert run["git_commit"] == "unknown"
+    else:  # HEAD when the fixture ran: HEAD now, or an ancestor of it if a commit landed meanwhile
+        ancestor = subprocess.run([*git, "merge-base", "--is-ancestor", run["git_commit"], "HEAD"])
+        assert len(run["git_commit"]) == 40 and ancestor.returncode == 0
+    assert run["versions"] == {
+        "adallava": metadata.version("adallava"), "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }  # fmt: skip
+    machine = run["machine"]
+    assert (machine["platform"], machine["cpu_count"], machine["device"]) == (
+        platform.platform(),
+        os.cpu_count(),
+        "cpu",
+    )
+    assert machine["threads"] >= 1 and machine["processes"] == 1
+    text = _report_text(runs[8])
+    assert run["command"] in text and f"git commit `{run['git_commit']}" in text
+    assert f"torch {torch.__version__}, transformers {transformers.__version__}" in text
+    assert f"CPUs {os.cpu_count()}, device cpu" in text and "no meta.json" not in text
+
+
+def _report_text(folder: Path) -> str:
+    from adallava.report import results as report
+
+    loaded = report.load_results_dir(folder)
+    return report.render_report(list(loaded.rows), [loaded], {}, folder.parent / "RESULTS.md")
+
+
+def test_git_commit_is_unknown_without_git(monkeypatch):
+    # catches: provenance crashing (instead of saying "unknown") where git is missing
+    import subprocess
+
+    from adallava.eval import runner
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", missing)
+    assert runner.git_commit() == ("unknown", None)

@@ -72,9 +72,14 @@ def test_accuracy_vs_flops_one_line_per_method_and_a_star_for_the_full_model(tmp
     assert len(axes.lines) == 2  # adaptive, early exit
     assert [len(line.get_xdata()) for line in axes.lines] == [3, 3]
     assert len(axes.collections) == 1  # the full model, one star
-    assert axes.lines[0].get_xdata().tolist() == pytest.approx([3.0, 4.0, 5.0])  # GFLOPs: 0.5 * 4G + 1G, ...
+    # catches: an x axis that is not the paper's LLM FLOPs by default (issue 14): 0.5 * 4G, ...
+    assert axes.lines[0].get_xdata().tolist() == pytest.approx([2.0, 3.0, 4.0])
     assert axes.lines[0].get_ydata().tolist() == [70.0, 80.0, 90.0]
-    assert "GFLOPs" in axes.get_xlabel() and axes.get_title().startswith("VQAv2")
+    assert "LLM prefill FLOPs" in axes.get_xlabel() and "GFLOPs" in axes.get_xlabel()
+    assert axes.get_title().startswith("VQAv2")
+    total = viz.plot_accuracy_vs_flops(result_rows(), "vqav2", tmp_path / "total.png", flops="total_flops")
+    assert total.axes[0].lines[0].get_xdata().tolist() == pytest.approx([3.0, 4.0, 5.0])  # + 1G vision etc.
+    assert "total prefill FLOPs (vision + LLM + lm_head)" in total.axes[0].get_xlabel()
     # both curves share FLOPs at each budget: each budget is written once
     assert sorted(text.get_text() for text in axes.texts) == ["0.5", "0.75", "1"]
 

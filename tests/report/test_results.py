@@ -12,6 +12,13 @@ from adallava.report import results as report  # noqa: E402
 
 BUDGETS = (0.6, 1.0)
 FULL_LLM = 2.0e12
+RUN = {  # a meta.json run as `adallava eval` writes it
+    "command": "adallava eval --model models/tiny-adallava-l-det --out eval-det",
+    "git_commit": "0123abc", "git_modified": True,
+    "versions": {"adallava": "0.1.0", "torch": "2.13.0", "transformers": "4.99.0"},
+    "machine": {"platform": "Linux-x86_64", "python": "3.12.1", "cpu_count": 2, "device": "cpu", "threads": 1,
+                "processes": 1},
+}  # fmt: skip
 
 
 def rows_for(model, scheduler, methods, score_shift=0.0, over=0.0, violations=0):
@@ -46,7 +53,7 @@ def folders(tmp_path_factory):
         "eval-h": (rows_for(None, None, ("adaptive",), score_shift=-2), {"model": "tiny-adallava-h"}),
         "eval-det": (
             rows_for("models/tiny-adallava-l-det", "deterministic", ("adaptive",), over=0.05, violations=7),
-            {"commands": ["adallava eval --model models/tiny-adallava-l-det --out eval-det"]},
+            {"commands": ["adallava eval --model models/tiny-adallava-l-det --out eval-det"], "runs": [RUN]},
         ),
     }
     tmp_path = tmp_path_factory.mktemp("results")
@@ -90,30 +97,33 @@ def test_report_tables_hold_the_numbers(built):
     out, text = built
     assert out.read_text() == text
     main = table(text, "Table 1/3 style")
-    assert main[0] == "| Model | Method | Budget (%) | FLOPs (T) | VQAv2 | POPE | ms / sample |"
-    # budgets from 100% down, per model and method; FLOPs = 0.6 * 2T + 0.5T
-    assert "| tiny-adallava-l | AdaLLaVA (adaptive) | 60 | 1.70 | 66.0 | 86.0 | 6.0 |" in main
-    assert "| tiny-adallava-l | Early exit | 60 | 1.70 | 46.0 | 66.0 | 6.0 |" in main
-    assert "| tiny-adallava-l | Full model | 100 | 2.50 | 72.0 | 92.0 | 10.0 |" in main
+    # the paper's Table 1 counts the LLM: LLM FLOPs first, the total (+ vision etc.) beside it (issue 14)
+    header = "| Model | Method | Budget (%) | LLM FLOPs (T) | Total FLOPs (T) | VQAv2 | POPE | ms / sample |"
+    assert main[0] == header
+    # budgets from 100% down, per model and method; LLM = 0.6 * 2T, total = LLM + 0.5T
+    assert "| tiny-adallava-l | AdaLLaVA (adaptive) | 60 | 1.20 | 1.70 | 66.0 | 86.0 | 6.0 |" in main
+    assert "| tiny-adallava-l | Early exit | 60 | 1.20 | 1.70 | 46.0 | 66.0 | 6.0 |" in main
+    assert "| tiny-adallava-l | Full model | 100 | 2.00 | 2.50 | 72.0 | 92.0 | 10.0 |" in main
     assert (
-        "| tiny-adallava-h | AdaLLaVA (adaptive) | 60 | 1.70 | 64.0 | 84.0 | 6.0 |" in main
+        "| tiny-adallava-h | AdaLLaVA (adaptive) | 60 | 1.20 | 1.70 | 64.0 | 84.0 | 6.0 |" in main
     )  # meta.json model
     assert (
-        "| tiny-adallava-l-det (deterministic) | AdaLLaVA (adaptive) | 60 | 1.80 | 66.0 | 86.0 | 6.5 |"
+        "| tiny-adallava-l-det (deterministic) | AdaLLaVA (adaptive) | 60 | 1.30 | 1.80 | 66.0 | 86.0 | 6.5 |"
         in main
     )
     order = [line.split(" | ")[0] for line in main[2:]]
     assert order == sorted(order)
     schedulers = table(text, "Table 2 style")
     assert schedulers[0] == (
-        "| Model | Scheduler | Budget (%) | VQAv2 score | FLOPs (T) | Over budget | All: used / budget "
-        "| All: over budget |"
+        "| Model | Scheduler | Budget (%) | VQAv2 score | LLM FLOPs (T) | Total FLOPs (T) | Over budget "
+        "| All: used / budget | All: over budget |"
     )
     assert (
-        "| tiny-adallava-l-det | deterministic | 60 | 66.0 | 1.80 | **7/50** | 1.083 | **14/100** |"
+        "| tiny-adallava-l-det | deterministic | 60 | 66.0 | 1.30 | 1.80 | **7/50** | 1.083 | **14/100** |"
         in schedulers
     )
-    assert "| tiny-adallava-l | probabilistic | 60 | 66.0 | 1.70 | 0/50 | 1.000 | 0/100 |" in schedulers
+    line = "| tiny-adallava-l | probabilistic | 60 | 66.0 | 1.20 | 1.70 | 0/50 | 1.000 | 0/100 |"
+    assert line in schedulers
 
 
 def test_report_links_plots_and_lists_commands(built):
@@ -126,6 +136,12 @@ def test_report_links_plots_and_lists_commands(built):
     assert "# how eval-l" not in how
     assert "adallava eval --model models/tiny-adallava-l-det --out eval-det" in how  # meta.json
     assert "`../eval-h`:\n\n(no meta.json or commands.txt in the folder)" in how
+    # catches: a results folder's provenance (meta.json runs) missing from RESULTS.md (issue 14)
+    assert (
+        "- `adallava eval --model models/tiny-adallava-l-det --out eval-det`: "
+        "git commit `0123abc (modified)`; adallava 0.1.0, torch 2.13.0, transformers 4.99.0; "
+        "platform Linux-x86_64, CPUs 2, device cpu, torch threads 1, processes 1"
+    ) in how
     assert how.rstrip().endswith("adallava report ...\n```")
 
 

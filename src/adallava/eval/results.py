@@ -1,12 +1,19 @@
 """What `adallava eval` writes: predictions in each official scorer's format (so `adallava score`
 re-scores them) with details.jsonl (each answer's plan and FLOPs), the benchmark's metric, one results
-row per (benchmark, method, budget) with FLOPs, budget violations, timing and plan statistics, and
-DIR/results.json + DIR/results.csv (docs/evaluation.md)."""
+row per (benchmark, method, budget) with FLOPs, budget violations, timing and plan statistics,
+DIR/results.json + DIR/results.csv, the adaptive method's per-input plans (DIR/plans_*.json, drawn by
+`adallava plot` / `adallava report` as Fig. 5) and how the folder was made (DIR/meta.json)
+(docs/evaluation.md).
+
+FLOPs: `llm_flops` (the primary number) is the LLM's prefill FLOPs, i.e. the decoder stack's matmuls
+at 2 FLOPs per multiply-add: the paper's Table 1 convention (LLM-Viewer counting, docs/cost-model.md)
+and what budgets are fractions of. `total_flops` adds the vision tower, projector and lm_head."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +29,15 @@ from adallava.eval.benchmarks import Benchmark, Item
 from adallava.eval.engine import Timing
 from adallava.inference.answering import Answer
 
-RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
+RESULTS_JSON, RESULTS_CSV, META_JSON = "results.json", "results.csv", "meta.json"
+# What the FLOPs fields count; meta.json carries it (docs/cost-model.md has the formulas).
+FLOPS_FIELDS = {
+    "llm_flops": "PRIMARY. Mean LLM prefill FLOPs per answer: the decoder stack's matmuls, 2 FLOPs per "
+    "multiply-add (the paper's Table 1 convention, LLM-Viewer counting); budgets are fractions of it",
+    "total_flops": "Mean total prefill FLOPs per answer: vision tower + projector + LLM + lm_head",
+    "full_llm_flops": "Mean LLM prefill FLOPs of the same requests on the full model",
+    "decode_flops": "Mean FLOPs of the decoding steps (decoder stack and lm_head)",
+}
 CSV_COLUMNS = (
     "benchmark", "method", "budget", "score", "n", "answers", "llm_flops", "total_flops", "full_llm_flops",
     "decode_flops", "violations", "budget_use", "ms_per_sample", "ttft_ms", "mean_layers", "distinct_plans",
@@ -193,6 +208,56 @@ def write_results(out: Path, rows: Sequence[dict]) -> list[dict]:
         for row in merged:
             writer.writerow([_csv_cell(row.get(column)) for column in CSV_COLUMNS])
     return merged
+
+
+def plans_path(out: Path, model: str, method: str, budget: float) -> Path:
+    """out/plans_<model>_<method>_<budget>.json: one file per series and budget, so results folders
+    of several models can be drawn into one plots folder without clashing names."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{model}_{method}_{budget:g}").strip("_")
+    return out / f"plans_{name}.json"
+
+
+def write_plans(
+    path: Path, benchmark: str, items: Sequence[Item], answers: Sequence[Answer], num_layers: int,
+    header: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Merge one benchmark's per-input plans into a plans_*.json (docs/plots.md): `layers` (per input,
+    one bool per decoder layer, True = it ran, as in details.jsonl's executed `layers`), `families`
+    (the input's benchmark), `inputs` ([benchmark, item key]) plus `header` (budget, model, method,
+    num_prefix_layers). The file's rows of other benchmarks are kept; benchmarks go in `BENCHMARKS`
+    order, inputs in item order. Returns what was written."""
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    entries = [
+        (tuple(key), layers)
+        for key, layers in zip(old.get("inputs", []), old.get("layers", []), strict=True)
+        if key[0] != benchmark
+    ]
+    for item, answer in zip(items, answers, strict=True):
+        ran = set(answer.plan["layers"])
+        entries.append(((benchmark, item.key), [layer in ran for layer in range(num_layers)]))
+    entries.sort(key=lambda entry: BENCHMARKS.index(entry[0][0]))  # stable: item order kept
+    data = dict(header) | {
+        "families": [key[0] for key, _ in entries],
+        "inputs": [list(key) for key, _ in entries],
+        "layers": [layers for _, layers in entries],
+    }
+    path.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    return data
+
+
+def write_meta(out: Path, run: Mapping[str, Any]) -> dict[str, Any]:
+    """Record how `out` was made in out/meta.json: `runs` (one per distinct command: command, git
+    commit, package versions, machine; running a command again replaces its entry), `commands` (in
+    order: what `adallava report` lists) and `fields` (what the FLOPs fields count). Returns it."""
+    path = out / META_JSON
+    meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    runs = [r for r in meta.get("runs", []) if r.get("command") != run["command"]] + [dict(run)]
+    made = [r["command"] for r in runs]
+    older = [c for c in meta.get("commands", []) if c not in made]  # a hand-written meta.json's
+    meta |= {"commands": older + made, "runs": runs, "fields": FLOPS_FIELDS}
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
 
 
 # ---- helpers ------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ the plans) and each budget: answers from `engine` (batched greedy generation thr
 `adallava.inference.answering`), predictions in the format the official scorer reads, the benchmark's
 metric and one results row (`results`: prefill FLOPs, budget violations, time per answer, time to
 first token, plan statistics). `DIR/results.json` and `DIR/results.csv` hold the rows
-(docs/evaluation.md). The static method's plans come from `static`.
+(docs/evaluation.md), `DIR/plans_*.json` the adaptive method's plan for each input at each budget (the
+paper's Fig. 5), and `DIR/meta.json` how the folder was made (command, git commit, package versions,
+machine). The static method's plans come from `static`.
 
 Sharding: under `accelerate launch` each process answers every num_processes-th question; answers
 are gathered and the main process scores and writes. Plans never depend on the batch or the shard.
@@ -13,13 +15,19 @@ are gathered and the main process scores and writes. Plans never depend on the b
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import platform
 import shlex
+import subprocess
 from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adallava.core.settings import flag
 from adallava.eval.args import EvalArgs
 from adallava.eval.benchmarks import Benchmark, benchmark_items, load_benchmarks
 from adallava.eval.engine import Engine
@@ -33,10 +41,13 @@ from adallava.eval.methods import (
     upper_layers_for,
 )
 from adallava.eval.results import (
+    plans_path,
     predictions_of,
     result_row,
     score,
     score_command,
+    write_meta,
+    write_plans,
     write_predictions,
     write_results,
 )
@@ -105,6 +116,7 @@ def evaluate(args: EvalArgs) -> list[dict]:
                     )
     if state.is_main_process:
         write_results(out, rows)
+        write_meta(out, provenance(args, device, state.num_processes))
     return rows
 
 
@@ -133,8 +145,85 @@ def _row(engine: Engine, adaptive: bool, depth: Depth, benchmark: Benchmark, ite
     # Token selection is part of the method's name in results: "adaptive+prumerge".
     selection = model.adaptive.token_selection
     method = provider.name if selection == "none" else f"{provider.name}+{selection}"
+    if isinstance(provider, Adaptive):  # the scheduler's plan for each input (Fig. 5)
+        header = {"budget": budget, "model": Path(args.model).name, "method": method,
+                  "num_prefix_layers": depth.num_prefix}  # fmt: skip
+        path = plans_path(out, Path(args.model).name, method, budget)
+        write_plans(path, benchmark.name, items, answers, depth.num_layers, header)
     row = result_row(benchmark, method, budget, result, answers, timing, depth.num_layers, extra)
     deterministic = adaptive and model.adaptive.scheduler == "deterministic"
     if deterministic and isinstance(provider, Adaptive):  # the Table 2 ablation's numbers
         row["metrics"] |= {"violations": row["violations"], "budget_use": row["budget_use"]}
     return row
+
+
+# ---- provenance (meta.json) ---------------------------------------------------------------------------
+def provenance(args: EvalArgs, device: torch.device, processes: int = 1) -> dict[str, Any]:
+    """How a results folder was made: the command, the git commit of the adallava source ("unknown"
+    outside a git checkout), package versions and the machine."""
+    import transformers
+
+    name = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    commit, modified = git_commit()
+    return {
+        "command": command_line(args),
+        "git_commit": commit,
+        "git_modified": modified,
+        "versions": {
+            "adallava": _version("adallava"),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "device": name,
+            "threads": torch.get_num_threads(),
+            "processes": processes,
+        },
+    }
+
+
+def command_line(args: EvalArgs) -> str:
+    """An `adallava eval` command equivalent to `args`: --model, then the flags of the settings that
+    differ from their defaults."""
+    words = ["adallava", "eval"]
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if (value == field.default and field.name != "model") or value is None:
+            continue
+        if isinstance(value, bool):
+            words.append(flag(field.name) if value else "--no-" + flag(field.name)[2:])
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        words += [flag(field.name), str(value)]
+    return shlex.join(words)
+
+
+def git_commit() -> tuple[str, bool | None]:
+    """(HEAD commit, whether the package's tracked files differ from it) of the git checkout holding
+    this source file; ("unknown", None) when it is not in one (an installed wheel) or git is missing."""
+    here = Path(__file__).resolve()
+    package = here.parents[1]
+
+    def git(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(package), *argv], capture_output=True, text=True, timeout=20)
+
+    try:
+        if git("ls-files", "--error-unmatch", str(here)).returncode != 0:  # not tracked here
+            return "unknown", None
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return "unknown", None
+        return head.stdout.strip(), git("diff", "--quiet", "HEAD", "--", ".").returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -6,8 +6,8 @@ so tests and notebooks can inspect what was drawn. Colours are the Okabe-Ito pal
 safe); heatmaps use viridis (attention: inferno). The files are reproducible: no dates or versions
 in their metadata and a fixed SVG id salt.
 
-- `plot_accuracy_vs_flops`: score vs mean prefill FLOPs, one line per method (and model), the full
-  model as a star (paper Fig. 3, 6);
+- `plot_accuracy_vs_flops`: score vs mean LLM prefill FLOPs (the paper's convention; or the total with
+  the vision tower), one line per method (and model), the full model as a star (paper Fig. 3, 6);
 - `plot_plan_heatmap` / `plot_head_usage`: execution plans over inputs at one budget (Fig. 5), and
   head/neuron-group usage per layer for head switches;
 - `plot_latency_attention`: the latency token's attention over the image patches at the last
@@ -138,15 +138,16 @@ def plot_accuracy_vs_flops(
     rows: Sequence[Mapping],
     benchmark: str,
     out_path: str | Path,
-    flops: str = "total_flops",
+    flops: str = "llm_flops",
     title: str | None = None,
 ) -> Figure:
     """Score (0-100) against mean prefill FLOPs per sample on one benchmark.
 
     rows: results rows ({benchmark, method, budget, score, total_flops, llm_flops[, model]}); one
     line per (model, method) through its budgets, each marker annotated with its budget; the
-    "full" method is drawn as a star (one per distinct point). flops: "total_flops" (vision tower, projector,
-    LLM) or "llm_flops" (decoder stack only). The unit (TFLOPs, GFLOPs, ...) follows the data.
+    "full" method is drawn as a star (one per distinct point). flops: "llm_flops" (the LLM's decoder
+    stack, as the paper's Table 1 and figures count; the default) or "total_flops" (+ vision tower,
+    projector, lm_head). The unit (TFLOPs, GFLOPs, ...) follows the data.
     Writes PNG + SVG; returns the figure (`axes[0].lines`: the curves, `.collections`: the stars).
     """
     if flops not in ("total_flops", "llm_flops"):
@@ -168,8 +169,8 @@ def plot_accuracy_vs_flops(
         stars, labels = _draw_curves(axes, curves, models, names, show_model, flops, scale)
         _draw_full_model(axes, stars, names, show_model)
         _label_budgets(axes, labels)
-        what = "prefill FLOPs per sample" if flops == "total_flops" else "LLM prefill FLOPs per sample"
-        axes.set_xlabel(f"Mean {what} ({prefix}FLOPs)")
+        what = "LLM prefill FLOPs" if flops == "llm_flops" else "total prefill FLOPs (vision + LLM + lm_head)"
+        axes.set_xlabel(f"Mean {what} per sample ({prefix}FLOPs)")
         axes.set_ylabel("Score (0-100)")
         name = BENCHMARK_NAMES.get(benchmark, benchmark)
         axes.set_title(title or f"{name}: accuracy vs. compute (point labels: budget)")

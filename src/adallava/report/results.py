@@ -2,196 +2,62 @@
 
 A results folder holds (docs/plots.md):
 - `results.json`: the rows `adallava eval` writes, one per (benchmark, method, budget[, model]);
-- optional `meta.json`: {"commands": [...], "model": ..., "scheduler": ..., "description": ...};
-  `model` / `scheduler` fill rows that lack them, `commands` say how the folder was made;
+- optional `meta.json` (`adallava eval` writes it): {"commands": [...], "runs": [{"command",
+  "git_commit", "versions", "machine"}, ...], "model": ..., "scheduler": ..., "description": ...};
+  `model` / `scheduler` fill rows that lack them, `commands` and `runs` say how the folder was made;
 - optional `commands.txt`: the commands, one per line ('#' comments and blank lines skipped), used
   when meta.json gives none;
 - optional `plans_*.json`: execution plans at one budget (`PlanFile`), drawn as heatmaps.
 
-Everything here is deterministic: rows, columns and folders are sorted, numbers have fixed formats
-and the plots carry no dates, so regenerating from the same folders gives the same files.
+FLOPs: the primary column is `llm_flops`, the LLM's prefill FLOPs as the paper's Table 1 counts them
+(decoder stack, LLM-Viewer conventions); `total_flops` (+ vision tower, projector, lm_head) is shown
+beside it, labelled. Everything here is deterministic: rows, columns and folders are sorted, numbers
+have fixed formats and the plots carry no dates, so regenerating from the same folders gives the same
+files. Reading the folders is `adallava.report.folders`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from adallava.report import plots as viz
+from adallava.report.folders import (  # noqa: F401  (the reading API, re-exported)
+    COMMANDS_FILE,
+    META_FILE,
+    PLANS_GLOB,
+    RESULTS_FILE,
+    PlanFile,
+    ResultsDir,
+    budget_of,
+    line_order,
+    load_plan_file,
+    load_results_dir,
+    load_rows,
+    merge_rows,
+    model_of,
+    plan_files,
+)
 from adallava.report.plots import (
     BENCHMARK_NAMES,
-    METHOD_ORDER,
     adherence_points,
     flop_unit,
     method_label,
     short_names,
 )
 
-RESULTS_FILE = "results.json"
-META_FILE = "meta.json"
-COMMANDS_FILE = "commands.txt"
-PLANS_GLOB = "plans_*.json"
-REQUIRED = ("benchmark", "method", "budget", "score", "llm_flops", "total_flops")
 # The paper's column order (Table 1) and names; other benchmarks follow, sorted.
 BENCHMARK_ORDER = ("vqav2", "scienceqa", "textvqa", "pope", "mme", "mmbench")
 DASH = "–"
 
 
-# ---- reading results folders ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class ResultsDir:
-    """One results folder: its rows (meta.json defaults applied) and how it was produced."""
-
-    path: Path
-    rows: tuple[dict, ...]
-    commands: tuple[str, ...]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class PlanFile:
-    """`plans_*.json`: the plans one model chose for each input at one budget.
-
-    {"budget": 0.75, "layers": [[true, ...] per layer] per input, "families": [name per input]
-    (optional), "num_prefix_layers": P (optional), "heads": [[[bool per head unit] per layer] per
-    input] (optional, head switches), "model" / "method" / "benchmark" (optional, for titles)}.
-    """
-
-    path: Path
-    budget: float
-    layers: list[list[bool]]  # [inputs][layers]
-    families: list[str] | None = None
-    num_prefix_layers: int | None = None
-    heads: list[list[list[bool]]] | None = None  # [inputs][layers][head units]
-    model: str = ""
-    method: str = ""
-    benchmark: str = ""
-
-
-def load_results_dir(path: str | Path) -> ResultsDir:
-    """Read `results.json` (+ meta.json / commands.txt) from a folder, checking every row."""
-    path = Path(path)
-    results = path / RESULTS_FILE
-    if not results.is_file():
-        raise FileNotFoundError(f"{path} has no {RESULTS_FILE} (write one with `adallava eval --out {path}`)")
-    meta = _read_json(path / META_FILE) if (path / META_FILE).is_file() else {}
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path / META_FILE}: expected a JSON object")
-    rows = _read_json(results)
-    if not isinstance(rows, list):
-        raise ValueError(f"{results}: expected a JSON list of rows")
-    checked = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ValueError(f"{results}: row {index} is not an object")
-        missing = [key for key in REQUIRED if key not in row]
-        if missing:
-            raise ValueError(f"{results}: row {index} lacks {', '.join(missing)}")
-        for key in ("budget", "score", "llm_flops", "total_flops"):
-            if (
-                not isinstance(row[key], int | float)
-                or isinstance(row[key], bool)
-                or not math.isfinite(row[key])
-            ):
-                raise ValueError(
-                    f"{results}: row {index} field {key!r} must be a finite number, got {row[key]!r}"
-                )
-        row = dict(row)
-        for key in ("model", "scheduler"):
-            if not row.get(key) and meta.get(key):
-                row[key] = str(meta[key])
-        checked.append(row)
-    commands = meta.get("commands")
-    if commands is None and (path / COMMANDS_FILE).is_file():
-        lines = (path / COMMANDS_FILE).read_text(encoding="utf-8").splitlines()
-        commands = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if commands is not None and (
-        not isinstance(commands, list) or not all(isinstance(c, str) for c in commands)
-    ):
-        raise ValueError(f"{path / META_FILE}: 'commands' must be a list of strings")
-    return ResultsDir(path, tuple(checked), tuple(commands or ()), str(meta.get("description", "")))
-
-
-def load_rows(paths: Sequence[str | Path]) -> list[dict]:
-    """The rows of several results folders, merged: a row repeated with the same score and FLOPs
-    (e.g. the full model evaluated in two folders) is kept once; a conflicting repeat is an error."""
-    return merge_rows([load_results_dir(path) for path in paths])
-
-
-def merge_rows(folders: Sequence[ResultsDir]) -> list[dict]:
-    seen: dict[tuple, tuple[dict, Path]] = {}
-    for folder in folders:
-        for row in folder.rows:
-            key = _row_key(row)
-            if key in seen:
-                other, where = seen[key]
-                if (other["score"], other["total_flops"]) != (row["score"], row["total_flops"]):
-                    raise ValueError(
-                        f"{folder.path / RESULTS_FILE} and {where / RESULTS_FILE} both have {key} with "
-                        "different results; keep one of them"
-                    )
-                continue
-            seen[key] = (row, folder.path)
-    return [row for row, _ in sorted(seen.values(), key=lambda item: _sort_key(item[0]))]
-
-
-def load_plan_file(path: str | Path) -> PlanFile:
-    """Read and check one `plans_*.json` (format: `PlanFile`)."""
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    for key in ("budget", "layers"):
-        if key not in data:
-            raise ValueError(f"{path}: missing field {key!r}")
-    layers = data["layers"]
-    if not isinstance(layers, list) or not layers or not all(isinstance(r, list) for r in layers):
-        raise ValueError(f"{path}: 'layers' must be a non-empty list of per-input lists of booleans")
-    width = len(layers[0])
-    for index, plan in enumerate(layers):
-        if len(plan) != width or not all(isinstance(v, bool) for v in plan):
-            raise ValueError(f"{path}: layers[{index}] must be {width} booleans")
-    families = data.get("families")
-    if families is not None and (not isinstance(families, list) or len(families) != len(layers)):
-        raise ValueError(f"{path}: 'families' must list one name per input ({len(layers)})")
-    prefix = data.get("num_prefix_layers")
-    if prefix is not None and (not isinstance(prefix, int) or not 0 <= prefix <= width):
-        raise ValueError(f"{path}: 'num_prefix_layers' must be an integer in [0, {width}]")
-    heads = data.get("heads")
-    if heads is not None and (
-        not isinstance(heads, list)
-        or len(heads) != len(layers)
-        or not all(isinstance(plan, list) and len(plan) == width for plan in heads)
-    ):
-        raise ValueError(f"{path}: 'heads' must be [inputs][{width} layers][head units] booleans")
-    return PlanFile(
-        path=path,
-        budget=float(data["budget"]),
-        layers=layers,
-        families=None if families is None else [str(f) for f in families],
-        num_prefix_layers=prefix,
-        heads=heads,
-        model=str(data.get("model", "")),
-        method=str(data.get("method", "")),
-        benchmark=str(data.get("benchmark", "")),
-    )
-
-
-def plan_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Every `plans_*.json` in the folders, sorted by name within each folder."""
-    return [file for path in paths for file in sorted(Path(path).glob(PLANS_GLOB))]
-
-
 # ---- plots -----------------------------------------------------------------------------------------
 def write_plots(
-    rows: Sequence[Mapping], plans: Sequence[str | Path], out_dir: str | Path, flops: str = "total_flops"
+    rows: Sequence[Mapping], plans: Sequence[str | Path], out_dir: str | Path, flops: str = "llm_flops"
 ) -> dict[str, list[Path]]:
     """Write every plot the rows and plan files support into out_dir. Returns {section: PNG paths}:
 
@@ -202,7 +68,8 @@ def write_plots(
     - "usage": `usage_<model>.png`, layer usage per budget from the rows' plan statistics;
     - "plans": `plans_<name>.png` (per input), `plans_<name>_families.png` (per family) and
       `heads_<name>.png` (head switches) for each `plans_<name>.json`.
-    Each PNG has an SVG twin. flops: the x axis of the accuracy plots, "total_flops" or "llm_flops".
+    Each PNG has an SVG twin. flops: the x axis of the accuracy plots, "llm_flops" (the paper's
+    convention, the default) or "total_flops".
     """
     out_dir = Path(out_dir)
     written: dict[str, list[Path]] = {"accuracy": [], "models": [], "adherence": [], "usage": [], "plans": []}
@@ -224,7 +91,7 @@ def _accuracy_plots(
     when several models were evaluated adaptively on the benchmark."""
     path = out_dir / f"accuracy_{_safe(benchmark)}.png"
     viz.plot_accuracy_vs_flops(rows, benchmark, path, flops=flops)
-    adaptive_models = {_model(r) for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"}
+    adaptive_models = {model_of(r) for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"}
     if len(adaptive_models) <= 1:
         return [path], []
     chosen = [r for r in rows if r["method"] in ("adaptive", "full")]
@@ -249,7 +116,7 @@ def _adherence_plot(rows: Sequence[Mapping], out_dir: Path) -> list[Path]:
 def _usage_plots(rows: Sequence[Mapping], out_dir: Path) -> list[Path]:
     """`usage_<model>.png` per adaptive model whose rows carry layer usage: budgets x layers."""
     written = []
-    adaptive = sorted({_model(r) for r in rows if r["method"] == "adaptive"})
+    adaptive = sorted({model_of(r) for r in rows if r["method"] == "adaptive"})
     names = short_names(adaptive)
     for model in adaptive:
         usage = _layer_usage(rows, model)
@@ -269,7 +136,8 @@ def _plan_file_plots(file: str | Path, out_dir: Path) -> list[Path]:
     `plans_<name>_families.png` (per family, with families) and `heads_<name>.png` (with heads)."""
     plan = load_plan_file(file)
     name = _safe(Path(file).stem.removeprefix("plans_"))
-    who = " ".join(part for part in (plan.model, plan.benchmark) if part)
+    method = method_label(plan.method) if plan.method else ""
+    who = " ".join(part for part in (plan.model, method, plan.benchmark) if part)
     title = f"{who + ': ' if who else ''}execution plans at budget {plan.budget:g}"
     path = out_dir / f"plans_{name}.png"
     grid = np.array(plan.layers, dtype=bool)
@@ -296,7 +164,7 @@ def _layer_usage(rows: Sequence[Mapping], model: str) -> dict[float, list[float]
         usage = row.get("layer_usage")
         if usage is None and isinstance(row.get("plans"), dict):
             usage = row["plans"].get("layer_usage")
-        if row["method"] != "adaptive" or _model(row) != model or not usage:
+        if row["method"] != "adaptive" or model_of(row) != model or not usage:
             continue
         n = int(row.get("n") or 1)
         total = pooled.setdefault(float(row["budget"]), [[0.0] * len(usage), 0])
@@ -316,23 +184,24 @@ def benchmarks_of(rows: Sequence[Mapping]) -> list[str]:
 
 def main_table(rows: Sequence[Mapping]) -> str:
     """Table 1/3 style: one line per (model, method, budget), one column per benchmark (score), the
-    mean prefill FLOPs per sample (over the line's benchmarks, weighted by n) and ms per sample."""
+    mean LLM prefill FLOPs per sample (the paper's convention) and the total (vision tower, projector,
+    LLM, lm_head), both over the line's benchmarks weighted by n, and ms per sample."""
     benchmarks = benchmarks_of(rows)
     lines: dict[tuple, dict[str, Mapping]] = {}
-    names = short_names(_model(row) for row in rows)
+    names = short_names(model_of(row) for row in rows)
     for row in rows:
-        lines.setdefault((_model_name(row, names), row["method"], _budget(row)), {})[row["benchmark"]] = row
+        lines.setdefault((_model_name(row, names), row["method"], budget_of(row)), {})[row["benchmark"]] = row
     scale, prefix = flop_unit(row["total_flops"] for row in rows)
-    header = ["Model", "Method", "Budget (%)", f"FLOPs ({prefix})"]
+    header = ["Model", "Method", "Budget (%)", f"LLM FLOPs ({prefix})", f"Total FLOPs ({prefix})"]
     header += [BENCHMARK_NAMES.get(b, b) for b in benchmarks] + ["ms / sample"]
     body = []
-    for key in sorted(lines, key=_line_order):
+    for key in sorted(lines, key=line_order):
         model, method, budget = key
         cells = lines[key]
-        flops = _weighted(cells.values(), "total_flops")
+        flops = [_flops(_weighted(cells.values(), key), scale) for key in ("llm_flops", "total_flops")]
         ms = _weighted([c for c in cells.values() if c.get("ms_per_sample") is not None], "ms_per_sample")
         body.append(
-            [model or DASH, method_label(method), _percent(budget), _flops(flops, scale)]
+            [model or DASH, method_label(method), _percent(budget), *flops]
             + [_score(cells[b]["score"]) if b in cells else DASH for b in benchmarks]
             + [DASH if ms is None else f"{ms:.1f}"]
         )
@@ -340,9 +209,10 @@ def main_table(rows: Sequence[Mapping]) -> str:
 
 
 def scheduler_table(rows: Sequence[Mapping], benchmark: str) -> str:
-    """Table 2 style: per adaptive series (model, scheduler) and budget, the score and mean prefill
-    FLOPs on one benchmark and the samples over budget there; then, pooled over every benchmark, the
-    LLM FLOPs used over the budget (below 1: under-use) and the samples over budget (bold when any)."""
+    """Table 2 style: per adaptive series (model, scheduler) and budget, the score and mean LLM (and
+    total) prefill FLOPs on one benchmark and the samples over budget there; then, pooled over every
+    benchmark, the LLM FLOPs used over the budget (below 1: under-use) and the samples over budget
+    (bold when any)."""
     chosen = [r for r in rows if r["benchmark"] == benchmark and r["method"] == "adaptive"]
     if not chosen:
         return ""
@@ -351,16 +221,18 @@ def scheduler_table(rows: Sequence[Mapping], benchmark: str) -> str:
     except ValueError:  # no budget_use, full_llm_flops or full row: the use cannot be measured
         pooled = {}
     name = BENCHMARK_NAMES.get(benchmark, benchmark)
-    names = short_names(_model(r) for r in chosen)
+    names = short_names(model_of(r) for r in chosen)
     scale, prefix = flop_unit(r["total_flops"] for r in chosen)
-    header = ["Model", "Scheduler", "Budget (%)", f"{name} score", f"FLOPs ({prefix})", "Over budget"]
+    header = ["Model", "Scheduler", "Budget (%)", f"{name} score", f"LLM FLOPs ({prefix})"]
+    header += [f"Total FLOPs ({prefix})", "Over budget"]
     header += ["All: used / budget", "All: over budget"]
     body = []
-    for row in sorted(chosen, key=lambda r: (_model(r), str(r.get("scheduler") or ""), _budget(r))):
+    for row in sorted(chosen, key=lambda r: (model_of(r), str(r.get("scheduler") or ""), budget_of(r))):
         scheduler = str(row.get("scheduler") or "")
-        line = [names[_model(row)] or DASH, scheduler or DASH, _percent(_budget(row)), _score(row["score"])]
-        line += [_flops(row["total_flops"], scale), _violations(row)]
-        point = {p[0]: p for p in pooled.get((_model(row), scheduler), [])}.get(_budget(row))
+        line = [names[model_of(row)] or DASH, scheduler or DASH, _percent(budget_of(row))]
+        line += [_score(row["score"])]
+        line += [_flops(row["llm_flops"], scale), _flops(row["total_flops"], scale), _violations(row)]
+        point = {p[0]: p for p in pooled.get((model_of(row), scheduler), [])}.get(budget_of(row))
         if point is None:
             line += [DASH, DASH]
         else:
@@ -423,10 +295,12 @@ def _main_section(rows: Sequence[Mapping], folders: Sequence[ResultsDir], out: P
     return [
         "# Results",
         "<!-- Generated by `adallava report`; edit the results folders or the generator, not this file. -->",
-        "Scores are each benchmark's primary metric on a 0-100 scale, on the evaluated split; FLOPs are "
-        "analytic prefill FLOPs per sample (vision tower, projector and LLM; 2 FLOPs per multiply-add), "
-        "means over the samples; ms / sample is measured wall-clock time. Budgets are fractions of the "
-        "full model's LLM prefill FLOPs. Folders:",
+        "Scores are each benchmark's primary metric on a 0-100 scale, on the evaluated split. FLOPs are "
+        "analytic prefill FLOPs per sample, means over the samples, 2 FLOPs per multiply-add: **LLM "
+        "FLOPs** (the primary column) count the LLM's decoder stack, as the paper's Table 1 does "
+        "(LLM-Viewer conventions); **Total FLOPs** add the vision tower, projector and lm_head. Budgets "
+        "are fractions of the full model's LLM prefill FLOPs. ms / sample is measured wall-clock time. "
+        "Folders:",
         "\n".join(
             f"- `{_relative(f.path, out)}`" + (f": {f.description}" if f.description else "") for f in folders
         ),
@@ -444,10 +318,10 @@ def _scheduler_section(rows: Sequence[Mapping], benchmark: str) -> list[str]:
     name = BENCHMARK_NAMES.get(benchmark, benchmark)
     return [
         "## Schedulers across budgets (Table 2 style)",
-        f"Probabilistic (AdaLLaVA) vs deterministic scheduler on {name}: score, mean prefill FLOPs per "
-        "sample and samples whose plan cost more than their budget (**bold** when any). The `All` "
-        "columns pool every benchmark: the mean over samples of LLM prefill FLOPs / (budget x the "
-        "full model's), below 1 for under-use, and the samples over budget.",
+        f"Probabilistic (AdaLLaVA) vs deterministic scheduler on {name}: score, mean LLM and total "
+        "prefill FLOPs per sample and samples whose plan cost more than their budget (**bold** when "
+        "any). The `All` columns pool every benchmark: the mean over samples of LLM prefill FLOPs / "
+        "(budget x the full model's), below 1 for under-use, and the samples over budget.",
         table2,
     ]
 
@@ -473,7 +347,8 @@ def _plot_sections(plots: Mapping[str, Sequence[Path]], out: Path) -> list[str]:
 
 
 def _how_produced(folders: Sequence[ResultsDir], out: Path, command: str | None) -> list[str]:
-    """Per folder, the commands that made it; then the command that made the report."""
+    """Per folder, the commands that made it and where they ran (meta.json's runs); then the command
+    that made the report."""
     how = ["## How these were produced"]
     for folder in folders:
         how.append(f"`{_relative(folder.path, out)}`:")
@@ -481,9 +356,31 @@ def _how_produced(folders: Sequence[ResultsDir], out: Path, command: str | None)
             how.append("```bash\n" + "\n".join(folder.commands) + "\n```")
         else:
             how.append(f"(no {META_FILE} or {COMMANDS_FILE} in the folder)")
+        if folder.runs:
+            how.append("\n".join(_provenance(run) for run in folder.runs))
     if command:
         how += ["This file and its plots:", f"```bash\n{command}\n```"]
     return how
+
+
+def _provenance(run: Mapping) -> str:
+    """One meta.json run as a list item: command, git commit, package versions, machine."""
+    versions, machine = run.get("versions") or {}, run.get("machine") or {}
+    commit = str(run.get("git_commit") or "unknown") + (" (modified)" if run.get("git_modified") else "")
+    names = ("adallava", "torch", "transformers")
+    packages = ", ".join(f"{name} {versions.get(name, 'unknown')}" for name in names)
+    where = ", ".join(
+        f"{label} {machine[key]}"
+        for key, label in (
+            ("platform", "platform"),
+            ("cpu_count", "CPUs"),
+            ("device", "device"),
+            ("threads", "torch threads"),
+            ("processes", "processes"),
+        )  # fmt: skip
+        if machine.get(key) is not None
+    )
+    return f"- `{run.get('command', '?')}`: git commit `{commit}`; {packages}; {where or 'machine unknown'}"
 
 
 # ---- formatting ------------------------------------------------------------------------------------
@@ -526,42 +423,13 @@ def _weighted(rows, key: str) -> float | None:
     return sum(w * float(r[key]) for w, r in zip(weights, rows, strict=True)) / sum(weights)
 
 
-def _model(row: Mapping) -> str:
-    return str(row.get("model") or "")
-
-
 def _model_name(row: Mapping, names: Mapping[str, str]) -> str:
     """The model as Table 1 names it (`names`: see `short_names`), with its scheduler when that is
     not the default one."""
-    model, scheduler = names[_model(row)], str(row.get("scheduler") or "")
+    model, scheduler = names[model_of(row)], str(row.get("scheduler") or "")
     if scheduler in ("", "probabilistic"):
         return model
     return f"{model} ({scheduler})" if model else scheduler
-
-
-def _budget(row: Mapping) -> float:
-    return round(float(row["budget"]), 6)
-
-
-def _row_key(row: Mapping) -> tuple:
-    return (
-        _model(row),
-        str(row.get("scheduler") or ""),
-        str(row["benchmark"]),
-        str(row["method"]),
-        _budget(row),
-    )
-
-
-def _line_order(key: tuple) -> tuple:
-    model, method, budget = key
-    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (model, rank, method, -budget)  # the paper lists budgets from 100% down
-
-
-def _sort_key(row: Mapping) -> tuple:
-    model, scheduler, benchmark, method, budget = _row_key(row)
-    return _line_order((model, method, budget)) + (scheduler, benchmark)
 
 
 def _safe(name: str) -> str:
@@ -572,10 +440,3 @@ def _safe(name: str) -> str:
 def _relative(path: Path, out: Path) -> str:
     """`path` as written in RESULTS.md: relative to the file's folder, with forward slashes."""
     return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve().parent)).as_posix()
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: invalid JSON ({error})") from error

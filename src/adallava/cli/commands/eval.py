@@ -4,7 +4,10 @@
     adallava eval --model M --data world/test --benchmark pope --methods early-exit,full --out runs/eval
     accelerate launch -m adallava.cli eval --model M --data world/test --out runs/eval   # sharded
 
-Writes OUT/results.json, OUT/results.csv and OUT/predictions/<benchmark>/<method>/budget-<b>/.
+Writes OUT/results.json, OUT/results.csv, OUT/predictions/<benchmark>/<method>/budget-<b>/, the adaptive
+method's per-input plans OUT/plans_<model>_<method>_<budget>.json (drawn by `adallava plot` / `report`)
+and OUT/meta.json (the command, git commit, package versions, machine). FLOPs: `llm_flops` is the LLM's
+prefill FLOPs as the paper's Table 1 counts them; `total_flops` adds vision tower, projector, lm_head.
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(rows: list[dict]) -> str:
-    """A plain-text table of the rows: score, prefill GFLOPs, violations, time."""
+    """A plain-text table of the rows: score, LLM prefill GFLOPs (the paper's convention), total prefill
+    GFLOPs (+ vision tower, projector, lm_head), violations, time."""
     header = [
         "benchmark",
         "method",
         "budget",
         "score",
         "LLM GFLOPs",
+        "total GFLOPs",
         "layers",
         "violations",
         "ms/sample",
@@ -55,7 +60,8 @@ def summary(rows: list[dict]) -> str:
     ]
     lines = [[
         row["benchmark"], row["method"], f"{row['budget']:g}", f"{row['score']:.2f}",
-        f"{row['llm_flops'] / 1e9:.4g}", f"{row['mean_layers']:.2f}", str(row["violations"]),
+        f"{row['llm_flops'] / 1e9:.4g}", f"{row['total_flops'] / 1e9:.4g}", f"{row['mean_layers']:.2f}",
+        str(row["violations"]),
         f"{row['ms_per_sample']:.1f}", "-" if row["ttft_ms"] is None else f"{row['ttft_ms']:.1f}",
     ] for row in rows]  # fmt: skip
     widths = [max(len(cell) for cell in column) for column in zip(header, *lines, strict=True)]

@@ -3,6 +3,8 @@
     adallava report --results runs/eval-l runs/eval-h runs/eval-det --out RESULTS.md
 
 See docs/plots.md for the folder conventions (results.json, meta.json / commands.txt, plans_*.json).
+FLOPs: "LLM FLOPs" (primary) is the decoder stack's prefill FLOPs, the paper's Table 1 convention;
+"Total FLOPs" adds the vision tower, projector and lm_head.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ def add_parser(subparsers) -> None:
         help="write RESULTS.md: benchmark x budget tables, scheduler table, plots, commands",
         description=(
             "Generate RESULTS.md from `adallava eval` results folders: a Table 1/3-style table (benchmarks "
-            "x budgets with a FLOPs column, per model and method), a Table 2-style table (schedulers: score, "
-            "FLOPs, violations per budget), the accuracy-vs-FLOPs, models-compared, adherence and plan "
-            "plots (written beside it), and the commands that produced each folder. The same folders give "
-            "the same file."
+            "x budgets, per model and method, with LLM prefill FLOPs as the paper counts them and the total "
+            "with the vision tower beside it), a Table 2-style table (schedulers: score, FLOPs, violations "
+            "per budget), the accuracy-vs-LLM-FLOPs, models-compared, adherence and per-input plan plots "
+            "(written beside it), and how each folder was produced (commands, git commit, versions, "
+            "machine, from its meta.json). The same folders give the same file."
         ),
     )
     parser.add_argument("--results", nargs="+", type=Path, required=True, help="results folders")
