@@ -13,6 +13,7 @@ from adallava.core.cost.flops import llm_prefill_flops
 from adallava.core.cost.shapes import ModelShape, TextShape
 from adallava.core.geometry import UnitGeometry
 from adallava.core.planning import HeadPlanner, LayerPlanner
+from adallava.core.selection import fit_in_order
 from adallava.engine.llava import AdaLlava
 from adallava.testing import tiny_llava
 
@@ -164,3 +165,25 @@ def test_head_plans_leave_out_no_unit_that_still_fits():
         budget = float(fractions[row]) * llm_prefill_flops(TEXT, count)
         for switch in left_out(plan, row):
             assert cost_with(plan, row, count, switch) > budget * (1 + RELATIVE_TOLERANCE), (row, switch)
+
+
+# Catches: the tolerance dropped from the range check: a budget typed with 10 digits (0.3333333333)
+# lies 1e-10 below b_min = 1/3 and is what the user meant, not an error.
+def test_a_budget_a_rounding_below_b_min_is_accepted():
+    space = BudgetSpace(3, 1)
+    assert space.fractions(0.3333333333, 1).tolist() == [0.3333333333]
+    assert space.units_for(0.3333333333) == 0
+    with pytest.raises(ValueError, match=r"\[0.333333, 1\]"):
+        space.fractions(0.333, 1)
+
+
+# Catches: the tolerance dropped from fitting units into a FLOPs capacity: 0.57 of 100 unit-cost
+# layers is 56.99999999999999 in binary, and the 7 upper units it buys must all be taken.
+def test_units_that_fill_the_capacity_up_to_rounding_are_taken():
+    capacity = BudgetSpace.capacity(0.57, 1.0, 100, 50)
+    assert capacity < 7  # the float arithmetic that makes the tolerance necessary
+    scores = -torch.arange(50.0)[None]  # [1, 50]
+    taken = fit_in_order(
+        scores, torch.ones(1, 50, dtype=torch.float64), torch.tensor([capacity], dtype=torch.float64)
+    )
+    assert taken.sum().item() == 7 and taken[0, :7].all()

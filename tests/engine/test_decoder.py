@@ -375,3 +375,23 @@ def test_deterministic_scheduler_trains_and_may_violate(base_llava):
         evaluated = model(**inputs, budget=budgets)
     violations = (evaluated.cost.llm > budgets.double() * evaluated.full_cost.llm * (1 + 1e-9)).sum()
     assert violations == 3
+
+
+# Catches: the deterministic scheduler's latency loss added without its weight, or a latency loss
+# that is not the formula of the logits the scheduler produced.
+def test_deterministic_loss_adds_the_weighted_latency_loss(base_llava):
+    inputs, labels = training_batch(base_llava.config, seed=24)
+    budgets = torch.tensor([0.5, 0.625, 0.75, 1.0])
+    losses, logits = [], None
+    for weight in (0.0, 2.5):
+        torch.manual_seed(5)  # the same adaptive weights for both models
+        model = AdaLlava.from_base(
+            copy.deepcopy(base_llava), AdaptiveConfig(scheduler="deterministic", latency_loss_weight=weight)
+        ).train()
+        out = model(**inputs, labels=labels, budget=budgets)
+        losses.append(out.loss.item())
+        logits = out.scheduler_logits.detach().double()
+    # By hand: mean over rows of (P/N + (1 - P/N) * mean(sigmoid(logits)) - b)^2
+    expected = ((P / N + (1 - P / N) * torch.sigmoid(logits).mean(-1) - budgets.double()) ** 2).mean()
+    assert losses[1] - losses[0] == pytest.approx(2.5 * expected.item(), rel=1e-4, abs=1e-6)
+    assert expected.item() > 1e-3  # the penalty is not negligible here
