@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from adallava.modules.latency import IGNORE_INDEX
 from adallava.testing import tiny_inputs
 from tests.engine.test_decoder import hf_with_layers
 from tests.helpers import unpadded_row
@@ -36,15 +37,17 @@ def hf_embeddings(base, single: dict) -> torch.Tensor:
     return captured["embeds"]  # [1, T, D]
 
 
-def reference_row(base, model, single: dict, budget: float) -> tuple[list[int], torch.Tensor]:
-    """(layers run, logits [T+1, V]) of one unpadded row under `budget`, computed from HF parts."""
+def reference_row(base, model, single: dict, budget: float, at: int | None = None):
+    """(layers run, logits [T+1, V]) of one unpadded row under `budget`, computed from HF parts; the
+    latency token goes at position `at` (default: after the whole row, i.e. after the prompt)."""
     embeds = hf_embeddings(base, single)
+    at = embeds.shape[1] if at is None else at
     units = max(0, math.floor(N * budget + 1e-9) - P)  # n = floor(N b) - P (DESIGN.md)
     token = model.latency_encoder(torch.tensor([units]), N, P)  # [1, D]
-    embeds = torch.cat([embeds, token[:, None].to(embeds.dtype)], dim=1)  # after the prompt
+    embeds = torch.cat([embeds[:, :at], token[:, None].to(embeds.dtype), embeds[:, at:]], dim=1)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long)
     states = base.model.language_model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True)
-    latency_state = states.hidden_states[P][0, -1]  # input of layer P at the latency token
+    latency_state = states.hidden_states[P][0, at]  # input of layer P at the latency token
     logits = model.scheduler.head(latency_state)  # [N - P]
     upper = sorted((P + logits.topk(units).indices).tolist()) if units else []
     layers = list(range(P)) + upper
@@ -75,3 +78,23 @@ def test_budget_forward_equals_hf_with_the_latency_token_and_only_the_planned_la
             got = out.logits[row, start : start + real + 1]
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert [len(layers) for layers in out.plan.executed_layers()] == [4, 7, 8, 5]
+
+
+# Catches: with labels (training), the latency token not placed right after the prompt, i.e. after the
+# last position whose label is ignored and before the answer (DESIGN.md, the official placement).
+def test_with_labels_the_token_goes_between_prompt_and_answer(base_llava, ada):
+    lengths, budgets = [6, 9, 4], [0.75, 0.5, 1.0]
+    inputs = tiny_inputs(base_llava.config, lengths, "right", seed=32)
+    prompt = base_llava.config.image_seq_length + 2  # image and two text tokens; the rest is the answer
+    labels = inputs["input_ids"].clone()
+    labels[:, :prompt] = IGNORE_INDEX
+    labels[inputs["attention_mask"] == 0] = IGNORE_INDEX
+    with torch.no_grad():
+        out = ada(**inputs, labels=labels, budget=budgets)
+        for row, budget in enumerate(budgets):
+            single = unpadded_row(inputs, row)
+            real = single["input_ids"].shape[1]
+            layers, expected = reference_row(base_llava, ada, single, budget, at=prompt)
+            assert out.plan.executed_layers()[row] == layers
+            torch.testing.assert_close(out.logits[row, : real + 1], expected, atol=1e-5, rtol=0)
+    assert out.latency_positions.tolist() == [prompt] * 3
