@@ -183,12 +183,6 @@ def test_generate_decode_cost_is_the_sum_of_its_steps(base_llava, ada):
 
 
 # Catches: decode FLOPs priced with the model's own end-of-sequence ids when generate was given others.
-@pytest.mark.xfail(
-    strict=True,
-    reason="AdaptiveDecoder.decode_cost reads eos ids from model.generation_config, not from the "
-    "eos_token_id (or generation_config) passed to generate: a row stopped by such an id is priced "
-    "as if it had generated up to the longest row (the pad tokens after its stop counted as steps)",
-)
 def test_decode_cost_follows_an_eos_token_id_given_to_generate(base_llava, ada):
     inputs = tiny_inputs(base_llava.config, [5, 8, 6], "left", seed=8)
     kwargs = {"budget": [0.5, 1.0, 0.75], "max_new_tokens": 6, "do_sample": False,

@@ -557,7 +557,17 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         sink: dict = {}
         out = super().generate(input_ids=input_ids, attention_mask=attention_mask, budget=budget, plan=plan,
                                adallava_sink=sink, **kwargs)  # fmt: skip
-        return generate_output(self, out, original_ids, input_ids, plan, sink)
+        return generate_output(self, out, original_ids, input_ids, plan, sink, self._eos_ids(kwargs))
+
+    def _eos_ids(self, kwargs: dict) -> list[int]:
+        """The end-of-sequence ids this generate call stops at: an `eos_token_id` (or a
+        `generation_config`) passed to it wins over the model's own, as in HF `generate`."""
+        eos = kwargs.get("eos_token_id")
+        if eos is None and kwargs.get("generation_config") is not None:
+            eos = kwargs["generation_config"].eos_token_id
+        if eos is None:
+            return self.eos_token_ids
+        return [eos] if isinstance(eos, int) else list(eos)
 
     def continue_generation(self, outputs, model_kwargs: dict) -> None:
         """After the prefill: freeze its plan for the remaining steps, and continue from the layout
@@ -570,11 +580,13 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             model_kwargs["plan"] = outputs.plan
 
     def decode_cost(self, prefill_tokens: torch.Tensor, new_tokens: torch.Tensor, plan: ExecutionPlan | None,
-                    limits: torch.Tensor | None = None) -> BatchCost:  # fmt: skip
+                    limits: torch.Tensor | None = None, eos_token_ids: list[int] | None = None
+                    ) -> BatchCost:  # fmt: skip
         """FLOPs of each row's decoding steps. The prefill produced the first new token; each later
         token is one step, fed the previous token, up to the row's first end-of-sequence token (and
         at most `limits[b]` new tokens when given). prefill_tokens, limits: long [B]; new_tokens [B, G]."""
-        produced = self.produced_tokens(new_tokens.cpu())  # [B]
+        eos = self.eos_token_ids if eos_token_ids is None else eos_token_ids
+        produced = produced_tokens(new_tokens.cpu(), eos)  # [B]
         if limits is not None:
             produced = torch.minimum(produced, limits.cpu())
         return price_decode(self.shape, prefill_tokens, (produced - 1).clamp(min=0), plan)

@@ -33,9 +33,10 @@ def to_left_padding(
     return input_ids.gather(1, index), attention_mask.gather(1, index)
 
 
-def generate_output(model, out, original_ids, input_ids, plan, sink: dict):
+def generate_output(model, out, original_ids, input_ids, plan, sink: dict, eos_token_ids: list[int]):
     """HF generate's output -> ours: sequences start with the prompt as the caller gave it (before
-    any roll to left padding); a dict output also carries each row's plan, budget and costs."""
+    any roll to left padding); a dict output also carries each row's plan, budget and costs (decoding
+    priced up to each row's first id of `eos_token_ids`, the ids this call stopped at)."""
     sequences = out if isinstance(out, torch.Tensor) else out.sequences
     if original_ids is not None:
         sequences = torch.cat([original_ids, sequences[:, original_ids.shape[1] :]], dim=1)
@@ -45,7 +46,9 @@ def generate_output(model, out, original_ids, input_ids, plan, sink: dict):
     new_tokens = out.sequences[:, input_ids.shape[1] :] if input_ids is not None else out.sequences
     decode = None
     if "cost" in sink:
-        decode = model.decode_cost(sink["prefill_tokens"], new_tokens, sink.get("plan"))
+        decode = model.decode_cost(
+            sink["prefill_tokens"], new_tokens, sink.get("plan"), eos_token_ids=eos_token_ids
+        )
     return AdaGenerateOutput(
         sequences=sequences,
         plan=sink.get("plan", plan),
