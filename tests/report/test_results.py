@@ -138,8 +138,7 @@ def test_report_links_plots_and_lists_commands(built):
     assert "`../eval-h`:\n\n(no meta.json or commands.txt in the folder)" in how
     # catches: a results folder's provenance (meta.json runs) missing from RESULTS.md (issue 14)
     assert (
-        "- `adallava eval --model models/tiny-adallava-l-det --out eval-det`: "
-        "git commit `0123abc (modified)`; adallava 0.1.0, torch 2.13.0, transformers 4.99.0; "
+        "- command 1: git commit `0123abc (modified)`; adallava 0.1.0, torch 2.13.0, transformers 4.99.0; "
         "platform Linux-x86_64, CPUs 2, device cpu, torch threads 1, processes 1"
     ) in how
     assert how.rstrip().endswith("adallava report ...\n```")

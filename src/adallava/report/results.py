@@ -357,14 +357,15 @@ def _how_produced(folders: Sequence[ResultsDir], out: Path, command: str | None)
         else:
             how.append(f"(no {META_FILE} or {COMMANDS_FILE} in the folder)")
         if folder.runs:
-            how.append("\n".join(_provenance(run) for run in folder.runs))
+            how.append("\n".join(_provenance(run, folder.commands) for run in folder.runs))
     if command:
         how += ["This file and its plots:", f"```bash\n{command}\n```"]
     return how
 
 
-def _provenance(run: Mapping) -> str:
-    """One meta.json run as a list item: command, git commit, package versions, machine."""
+def _provenance(run: Mapping, commands: Sequence[str]) -> str:
+    """One meta.json run as a list item: its command (by number when listed above), git commit,
+    package versions, machine."""
     versions, machine = run.get("versions") or {}, run.get("machine") or {}
     commit = str(run.get("git_commit") or "unknown") + (" (modified)" if run.get("git_modified") else "")
     names = ("adallava", "torch", "transformers")
@@ -380,7 +381,9 @@ def _provenance(run: Mapping) -> str:
         )  # fmt: skip
         if machine.get(key) is not None
     )
-    return f"- `{run.get('command', '?')}`: git commit `{commit}`; {packages}; {where or 'machine unknown'}"
+    command = str(run.get("command", "?"))
+    which = f"command {commands.index(command) + 1}" if command in commands else f"`{command}`"
+    return f"- {which}: git commit `{commit}`; {packages}; {where or 'machine unknown'}"
 
 
 # ---- formatting ------------------------------------------------------------------------------------
