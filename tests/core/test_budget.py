@@ -153,11 +153,6 @@ def test_head_plans_fit_their_budget_and_stop_only_when_the_next_unit_does_not_f
 
 
 # Catches: a plan that leaves out a unit which still fits the row's FLOPs budget.
-@pytest.mark.xfail(
-    strict=True,
-    reason="fit_in_order stops at the first unit in scheduler order that does not fit, so a cheaper "
-    "unit later in the order that would still fit is left out (head plans not maximal)",
-)
 def test_head_plans_leave_out_no_unit_that_still_fits():
     plan, _, fractions, tokens = head_plans(seed=1)
     for row in range(len(fractions)):

@@ -84,17 +84,29 @@ FIT_TOLERANCE = RELATIVE_TOLERANCE  # relative slack on capacities: the budget r
 
 
 def fit_in_order(scores: torch.Tensor, costs: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:
-    """Take switches in descending score order while the running cost fits the capacity.
+    """Take switches in descending score order, each one that still fits the remaining capacity.
 
-    scores [B, S]; costs [B, S] (> 0, FLOPs); capacity [B] (FLOPs). -> bool [B, S]. The taken set is
-    a prefix of the order, so its cost is <= capacity by construction (DESIGN.md, "units of unequal
-    cost"); for equal costs it is exactly the top-k.
+    scores [B, S]; costs [B, S] (> 0, FLOPs); capacity [B] (FLOPs). -> bool [B, S]. A switch that
+    does not fit is passed over and later, cheaper ones are still tried, so the plan is maximal: no
+    switch left out would fit (DESIGN.md, "units of unequal cost"); its cost is <= capacity by
+    construction, and for equal costs it is exactly the top-k.
     """
     order = scores.argsort(dim=-1, descending=True, stable=True)  # [B, S]
-    running = costs.gather(1, order).to(torch.float64).cumsum(dim=1)  # [B, S]
-    take_sorted = running <= capacity.to(torch.float64)[:, None] * (1 + FIT_TOLERANCE)
-    mask = torch.zeros_like(take_sorted)
-    return mask.scatter(1, order, take_sorted)
+    take_sorted = _fit_sorted(costs.gather(1, order), capacity)
+    return torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
+
+
+def _fit_sorted(sorted_costs: torch.Tensor, capacity: torch.Tensor) -> torch.Tensor:
+    """Greedy fill in the given order: bool [B, S], True where the switch fits what is left."""
+    left = capacity.to(torch.float64) * (1 + FIT_TOLERANCE)  # [B]
+    sorted_costs = sorted_costs.to(torch.float64)
+    take = torch.zeros(sorted_costs.shape, dtype=torch.bool, device=sorted_costs.device)
+    for position in range(sorted_costs.shape[1]):  # sequential by nature; vectorised over rows
+        cost = sorted_costs[:, position]
+        fits = cost <= left
+        take[:, position] = fits
+        left = left - torch.where(fits, cost, torch.zeros_like(cost))
+    return take
 
 
 def sample_fit_straight_through(
@@ -102,23 +114,29 @@ def sample_fit_straight_through(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Training-time plan for units of unequal cost: a Plackett-Luce order (Gumbel top-k: sampling
-    without replacement), taken while it fits; straight-through gradients of the sequential soft picks.
+    without replacement), each switch taken if it still fits (as `fit_in_order`); straight-through
+    gradients of the sequential soft picks.
 
     Returns float [B, S], exactly 0/1 forward. Step t's soft pick is softmax over the switches not
     yet taken of (logits + g) / tau, with the same noise g that fixed the order.
     """
     perturbed = logits + gumbel_noise(logits.shape, logits.device, generator)  # [B, S]
-    hard = fit_in_order(perturbed.detach(), costs, capacity)  # [B, S]
-    taken = hard.sum(-1)  # [B]
-    steps = int(taken.max().item()) if taken.numel() else 0
+    order = perturbed.detach().argsort(dim=-1, descending=True, stable=True)  # [B, S]
+    take_sorted = _fit_sorted(costs.gather(1, order), capacity)  # [B, S] in the sampled order
+    hard = torch.zeros_like(take_sorted).scatter(1, order, take_sorted)
+    steps = int(take_sorted.sum(-1).max().item()) if take_sorted.numel() else 0
     if steps == 0:
         return hard.to(logits.dtype)
+    # The k-th pick happens at the order position of the k-th switch taken; the soft pick there is
+    # over the switches from that position on (those passed over earlier did not fit).
+    width = take_sorted.shape[1]
+    positions = torch.arange(width, device=logits.device).expand_as(take_sorted)
+    at = positions.masked_fill(~take_sorted, width).sort(dim=-1).values[:, :steps]  # [B, K]
+    valid = at < width
     ranks = _ranks(perturbed.detach())  # [B, S]
-    step = torch.arange(steps, device=logits.device)  # [K]
-    remaining = ranks[:, None, :] >= step[None, :, None]  # [B, K, S]
+    remaining = ranks[:, None, :] >= at.masked_fill(~valid, 0)[:, :, None]  # [B, K, S]
     scores = (perturbed / tau)[:, None, :].masked_fill(~remaining, float("-inf"))
-    soft = F.softmax(scores, dim=-1) * (step[None, :] < taken[:, None])[..., None]  # [B, K, S]
-    soft = soft.sum(dim=1)  # [B, S]
+    soft = (F.softmax(scores, dim=-1) * valid[..., None]).sum(dim=1)  # [B, S]
     return hard.to(logits.dtype) - soft.detach() + soft
 
 
