@@ -102,7 +102,8 @@ def official_weights(scheduler_type: str, dtype: torch.dtype, seed: int = 0) -> 
         state[f"{layer}mlp.down_proj.weight"] = rand(HIDDEN, INTERMEDIATE)
         state[f"{layer}input_layernorm.weight"] = 1 + rand(HIDDEN)
         state[f"{layer}post_attention_layernorm.weight"] = 1 + rand(HIDDEN)
-        state[f"{layer}self_attn.rotary_emb.inv_freq"] = torch.rand(HIDDEN // HEADS // 2)  # old HF buffer
+        inv_freq = torch.rand(HIDDEN // HEADS // 2, generator=gen)
+        state[f"{layer}self_attn.rotary_emb.inv_freq"] = inv_freq  # an old HF buffer, dropped on conversion
     state["model.norm.weight"] = 1 + rand(HIDDEN)
     state["model.mm_projector.0.weight"] = rand(HIDDEN, VISION_HIDDEN)
     state["model.mm_projector.0.bias"] = rand(HIDDEN)

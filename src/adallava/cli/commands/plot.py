@@ -31,9 +31,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--flops",
-        choices=("total", "llm"),
-        default="total",
-        help="x axis of the accuracy plots: all prefill FLOPs (vision + LLM) or the LLM's (default: total)",
+        choices=("llm", "total"),
+        default="llm",
+        help="x axis of the accuracy plots: the LLM's prefill FLOPs (the paper's Table 1 convention) or "
+        "all prefill FLOPs, vision included (default: llm)",
     )
     attention = parser.add_argument_group("latency-token attention (instead of results folders)")
     attention.add_argument(
