@@ -433,3 +433,22 @@ def test_git_commit_is_unknown_without_git(monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", missing)
     assert runner.git_commit() == ("unknown", None)
+
+
+def test_cuda_without_cuda_and_an_untrained_scheduler_are_clear_errors(tmp_path, models, world):
+    # Bug caught: `--device cuda` on a CPU-only torch ending in a torch traceback, and adaptive plans
+    # taken from a scheduler nobody trained (init's random one) instead of a refusal naming the model.
+    from adallava.eval.runner import evaluate
+
+    _, adaptive = models
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device"):
+            evaluate(EvalArgs(data=str(world), out=str(tmp_path / "a"), model=str(adaptive), device="cuda"))
+    model = AdaLlava.from_pretrained(adaptive)
+    model.scheduler_trained = False
+    untrained = tmp_path / "untrained"
+    model.save_pretrained(untrained)
+    AutoProcessor.from_pretrained(adaptive).save_pretrained(untrained)
+    with pytest.raises(ValueError, match="untrained scheduler"):
+        args = EvalArgs(data=str(world), out=str(tmp_path / "b"), model=str(untrained), methods=("adaptive",))
+        evaluate(args)

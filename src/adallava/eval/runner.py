@@ -52,7 +52,7 @@ from adallava.eval.results import (
     write_results,
 )
 from adallava.eval.static import choose_static_plans
-from adallava.io.hub import resolve_model
+from adallava.io.hub import check_device, resolve_model
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu"):
@@ -89,6 +89,8 @@ def evaluate(args: EvalArgs) -> list[dict]:
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.device:
+        check_device(args.device)  # a clear error before any work, not a traceback from torch
     device = torch.device(args.device) if args.device else state.device
     benchmarks = load_benchmarks(args.data, args.benchmarks, args.limit)
     model, processor, adaptive = load_model(args.model, args.dtype, device)
@@ -98,6 +100,12 @@ def evaluate(args: EvalArgs) -> list[dict]:
     providers = [make_provider(method, depth, args) for method in args.methods]
     for provider in providers:
         provider.check(depth, args.budgets, adaptive)
+    if "adaptive" in args.methods and adaptive and not model.scheduler_trained:
+        raise ValueError(
+            f"--methods adaptive: model {str(args.model)!r} has an untrained scheduler (made by "
+            "`adallava init` or from_base): train it first (`adallava train`, stage adaptive), or "
+            "evaluate it with early-exit, random, static or full"
+        )
     engine = Engine(model, processor, args, device, state)
     out = Path(args.out)
     if any(isinstance(p, StaticPlans) for p in providers):
