@@ -9,7 +9,7 @@ from torch import nn
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.modules.latency import IGNORE_INDEX
-from adallava.testing import IMAGE_TOKEN_ID, tiny_inputs
+from adallava.testing import IMAGE_TOKEN_ID, tiny_inputs, tiny_llava
 from tests.helpers import assert_generates_as_one_at_a_time
 
 pytestmark = pytest.mark.core  # CI also runs these on the newest allowed dependencies
@@ -395,3 +395,16 @@ def test_deterministic_loss_adds_the_weighted_latency_loss(base_llava):
     expected = ((P / N + (1 - P / N) * torch.sigmoid(logits).mean(-1) - budgets.double()) ** 2).mean()
     assert losses[1] - losses[0] == pytest.approx(2.5 * expected.item(), rel=1e-4, abs=1e-6)
     assert expected.item() > 1e-3  # the penalty is not negligible here
+
+
+def test_official_selection_buys_units_with_the_authors_arithmetic():
+    # Bug caught: converted checkpoints (selection="official") planning with our tolerant rule instead
+    # of the authors' floor in the model's dtype: at 0.57 of 100 units, float64 gives floor(56.99...) =
+    # 56 (6 upper units over P = 50), float32 rounds 0.57 * 100 to 57 (7 units), ours always 7.
+    base = tiny_llava(num_layers=100, hidden_size=16, num_heads=2, intermediate_size=32, seed=0)
+    official = AdaLlava.from_base(base, AdaptiveConfig(num_prefix_layers=50, selection="official"))
+    ours = AdaLlava.from_base(base, AdaptiveConfig(num_prefix_layers=50))
+    fractions = torch.tensor([0.57], dtype=torch.float64)
+    assert ours.units_for(fractions).tolist() == [7]
+    assert official.units_for(fractions).tolist() == [7]  # float32 weights
+    assert official.to(torch.float64).units_for(fractions).tolist() == [6]

@@ -36,6 +36,7 @@ from adallava.core.cost.pricing import (
 from adallava.core.cost.shapes import ModelShape
 from adallava.core.geometry import geometry_of
 from adallava.core.plan import ExecutionPlan
+from adallava.core.planning import budget_units
 from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
 from adallava.engine.folders import resolve_model
@@ -268,8 +269,9 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         return self.budgets.b_min
 
     def units_for(self, fractions: torch.Tensor) -> torch.Tensor:
-        """Budget units each row's fraction buys: n = floor(Nu * b) - Pu (DESIGN.md). long [B]."""
-        return self.budgets.units_for_rows(fractions)
+        """Budget units each row's fraction buys: n = floor(Nu * b) - Pu (DESIGN.md); under
+        `selection="official"` with the authors' arithmetic in the model's dtype. long [B]."""
+        return budget_units(self.adaptive, self.budgets, fractions, self.dtype)
 
     # ---- forward ------------------------------------------------------------------------------
     def get_input_embeddings(self):
