@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,8 +39,15 @@ from adallava.core.planning import budget_units
 from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
 from adallava.engine.folders import resolve_model
-from adallava.engine.generate import check_generate_kwargs, generate_output, produced_tokens, to_left_padding
+from adallava.engine.generate import (
+    check_generate_kwargs,
+    generate_output,
+    produced_tokens,
+    stop_token_ids,
+    to_left_padding,
+)
 from adallava.engine.outputs import AdaLlavaOutput
+from adallava.engine.passes import Embedded, Pass
 from adallava.engine.sliced import SliceCache
 from adallava.engine.stack import call_layer, prepare_layer_inputs
 from adallava.engine.switches import StackRun, kind_of, switch_kind
@@ -58,43 +64,6 @@ from adallava.modules.scheduler_head import SchedulerHead
 ADAPTIVE_CONFIG_FILE = "adaptive_config.json"
 ADAPTIVE_WEIGHTS_FILE = "adaptive.safetensors"
 SCHEDULER_TRAINED = "scheduler_trained"  # adaptive_config.json: whether the scheduler was trained
-
-
-@dataclass
-class Embedded:
-    """Token embeddings of one call and what the input layout says about images."""
-
-    hidden: torch.Tensor  # [B, T, D]
-    attention_mask: torch.Tensor | None  # [B, past + T] (None: all real)
-    labels: torch.Tensor | None  # [B, T]
-    image_tokens: torch.Tensor | None  # long [B] visual tokens per row (None: count placeholders)
-    relaid: bool = False  # rows were re-laid out (token selection): positions follow the new mask
-
-
-@dataclass
-class Pass:
-    """The tensors of one forward call as its stages fill them in."""
-
-    hidden: torch.Tensor  # [B, T', D]
-    attention_mask: torch.Tensor  # [B, past + T']
-    position_ids: torch.Tensor  # [B, T']
-    labels: torch.Tensor | None
-    image_tokens: torch.Tensor  # long [B]
-    cache: object | None
-    past_length: int
-    with_vision: bool
-    relaid: bool
-    fractions: torch.Tensor | None = None  # float64 [B] budget fractions
-    units: torch.Tensor | None = None  # long [B] budget units
-    latency_positions: torch.Tensor | None = None  # long [B]
-    plan: ExecutionPlan | None = None
-    gates: object | None = None  # training switch values
-    scheduler_logits: torch.Tensor | None = None
-    latency_loss: torch.Tensor | None = None
-
-    @property
-    def batch(self) -> int:
-        return self.hidden.shape[0]
 
 
 class AdaptiveDecoder(hf_compat.GenerativeModel):
@@ -559,17 +528,8 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         sink: dict = {}
         out = super().generate(input_ids=input_ids, attention_mask=attention_mask, budget=budget, plan=plan,
                                adallava_sink=sink, **kwargs)  # fmt: skip
-        return generate_output(self, out, original_ids, input_ids, plan, sink, self._eos_ids(kwargs))
-
-    def _eos_ids(self, kwargs: dict) -> list[int]:
-        """The end-of-sequence ids this generate call stops at: an `eos_token_id` (or a
-        `generation_config`) passed to it wins over the model's own, as in HF `generate`."""
-        eos = kwargs.get("eos_token_id")
-        if eos is None and kwargs.get("generation_config") is not None:
-            eos = kwargs["generation_config"].eos_token_id
-        if eos is None:
-            return self.eos_token_ids
-        return [eos] if isinstance(eos, int) else list(eos)
+        stops = stop_token_ids(kwargs, self.eos_token_ids)
+        return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
 
     def continue_generation(self, outputs, model_kwargs: dict) -> None:
         """After the prefill: freeze its plan for the remaining steps, and continue from the layout

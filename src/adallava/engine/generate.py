@@ -19,6 +19,17 @@ def check_generate_kwargs(budget, kwargs: dict) -> None:
                          "drop use_cache=False")  # fmt: skip
 
 
+def stop_token_ids(kwargs: dict, default: list[int]) -> list[int]:
+    """The end-of-sequence ids a generate call stops at: an `eos_token_id` (or a `generation_config`)
+    passed to it wins over the model's own (`default`), as in HF `generate`."""
+    eos = kwargs.get("eos_token_id")
+    if eos is None and kwargs.get("generation_config") is not None:
+        eos = kwargs["generation_config"].eos_token_id
+    if eos is None:
+        return default
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
 def to_left_padding(
     input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

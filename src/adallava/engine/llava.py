@@ -10,8 +10,9 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from adallava.engine import hf_compat
-from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaptiveDecoder, Embedded
+from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaptiveDecoder
 from adallava.engine.outputs import AdaGenerateOutput, AdaLlavaOutput
+from adallava.engine.passes import Embedded
 from adallava.engine.tokens.selection import select_image_tokens, splice_image_tokens
 
 __all__ = ["ADAPTIVE_CONFIG_FILE", "ADAPTIVE_WEIGHTS_FILE", "AdaGenerateOutput", "AdaLlava", "AdaLlavaOutput"]
