@@ -182,3 +182,11 @@ def test_units_that_fill_the_capacity_up_to_rounding_are_taken():
         scores, torch.ones(1, 50, dtype=torch.float64), torch.tensor([capacity], dtype=torch.float64)
     )
     assert taken.sum().item() == 7 and taken[0, :7].all()
+
+
+def test_booleans_and_other_types_are_not_budgets():
+    # Bug caught: True accepted as the fraction 1.0 (bool is an int in Python), or a list element of
+    # another type passed on to a float conversion deep inside.
+    for bad in (True, None, b"0.5"):
+        with pytest.raises(ValueError, match="budget must be a number or a FLOPs string"):
+            BudgetSpace(8, 4).fractions([bad], 1)

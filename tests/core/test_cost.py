@@ -373,3 +373,20 @@ def test_cost_module_needs_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == prefill_cost(ModelShape.from_config(LLAVA_7B), 576, 110).total
+
+
+def test_costs_add_their_parts_and_refuse_bad_token_counts():
+    # Bug caught: Cost.__add__ dropping the operator groups that roofline timing reads, and negative
+    # or zero token counts priced instead of refused with a message naming the argument.
+    shape = ModelShape.from_config(LLAVA_7B)
+    prefill = prefill_cost(shape, 576, 10)
+    step = decode_step_cost(shape, context=600)
+    total = prefill + step
+    assert total.parts == prefill.parts + step.parts and len(total.parts) > len(prefill.parts) > 0
+    assert total.total == prefill.total + step.total
+    with pytest.raises(ValueError, match=r"context must be an integer >= 1"):
+        decode_step_cost(shape, context=0)
+    with pytest.raises(ValueError, match="new_tokens"):
+        decode_cost(shape, past_tokens=10, new_tokens=-1)
+    with pytest.raises(ValueError, match="past_tokens"):
+        decode_cost(shape, past_tokens=-1, new_tokens=2)

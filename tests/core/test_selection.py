@@ -35,3 +35,29 @@ def test_sampling_follows_the_logits():
         logits, torch.ones(400, dtype=torch.long), tau=1.0, generator=torch.Generator().manual_seed(0)
     )
     assert mask[:, 0].mean() > 0.9
+
+
+def test_gumbel_topk_takes_the_top_k_of_logits_over_tau_plus_the_noise():
+    # Bug caught: the noise subtracted (or tau applied to it), which samples from the wrong
+    # distribution while still returning k switches. Reference: the Gumbel top-k trick by hand.
+    logits = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0]])
+    k, tau = torch.tensor([2]), 2.0
+    mask = gumbel_topk_mask(logits, k, tau=tau, generator=torch.Generator().manual_seed(5))
+    uniform = torch.rand(logits.shape, generator=torch.Generator().manual_seed(5)).clamp(1e-10, 1 - 1e-10)
+    scores = logits / tau - torch.log(-torch.log(uniform))  # + Gumbel noise
+    expected = torch.zeros_like(mask)
+    expected[0, scores[0].topk(2).indices] = True
+    assert torch.equal(mask, expected)
+
+
+def test_straight_through_values_are_hard_and_gradients_are_the_probabilities():
+    # Bug caught: a sign error in the straight-through trick (hard - p.detach() - p): the forward
+    # values stop being 0/1 and the gradient flips.
+    from adallava.core.planning import straight_through
+
+    logits = torch.tensor([[1.0, -2.0, 0.3]], requires_grad=True)
+    probs, hard, soft = straight_through(logits)
+    assert soft.tolist() == hard.float().tolist() == [[1.0, 0.0, 1.0]]
+    soft.sum().backward()
+    sigmoid = torch.sigmoid(logits.detach())
+    assert torch.allclose(logits.grad, sigmoid * (1 - sigmoid))

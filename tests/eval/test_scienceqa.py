@@ -83,3 +83,18 @@ def test_unknown_split(fixtures: Path) -> None:
     with pytest.raises(ValueError, match="no split 'minitest'"):
         folder = fixtures / "scienceqa"
         read_scienceqa(folder / "problems.json", folder / "pid_splits.json", "minitest")
+
+
+def test_per_subject_accuracy_and_the_empty_set() -> None:
+    # Bug caught: per-subject percentages scaled or averaged wrongly (only the overall score was
+    # checked), and an empty sample list scored instead of refused with a message naming the benchmark.
+    def sample(pid: str, answer: int, subject: str) -> ScienceQASample:
+        return ScienceQASample(pid, None, "", ("AB"[answer],), "", "", ("x", "y"), answer, subject, "")
+
+    samples = [sample("1", 0, "natural"), sample("2", 1, "natural"), sample("3", 0, "social"),
+               sample("4", 1, "natural")]  # fmt: skip
+    score = score_scienceqa(samples, {"1": "A", "2": "A", "3": "A", "4": "B"})
+    assert score.per_subject == {"natural": 100 * 2 / 3, "social": 100.0}  # hand: 2 of 3, 1 of 1
+    assert score.score == 75.0 and score.correct == 3
+    with pytest.raises(ValueError, match="ScienceQA: no samples"):
+        score_scienceqa([], {})
