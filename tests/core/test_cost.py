@@ -390,3 +390,21 @@ def test_costs_add_their_parts_and_refuse_bad_token_counts():
         decode_cost(shape, past_tokens=10, new_tokens=-1)
     with pytest.raises(ValueError, match="past_tokens"):
         decode_cost(shape, past_tokens=-1, new_tokens=2)
+
+
+def test_cost_summaries_name_their_fields():
+    # Bug caught: a renamed key in Cost.to_dict, which results files and `adallava flops --json` read.
+    summary = prefill_cost(ModelShape.from_config(LLAVA_7B), 576, 10).to_dict()
+    assert {"vision", "vision_tower", "projector", "llm", "lm_head", "total", "dtype_bytes"} <= set(summary)
+
+
+@pytest.mark.parametrize("family,bias", [("llama", 0), ("qwen2", 64 + 2 * 32)])
+def test_attention_weight_bytes_by_hand(family, bias):
+    # Bug caught: Qwen2's q/k/v biases dropped from (or subtracted from) the weights a layer reads.
+    # h = 64, q = 4 heads x 16 = 64, kv = 2 x 16 = 32: q/k/v/o matrices, the input norm, the biases.
+    from adallava.testing import tiny_llava_config
+
+    shape = ModelShape.from_config(tiny_llava_config(text_model=family, num_layers=2, num_kv_heads=2))
+    parts = [p for p in prefill_cost(shape, 0, 10).parts if p.name == "attn_proj"]
+    expected = 2 * (64 * (64 + 2 * 32) + 64 * 64 + 64 + bias)  # fp16 bytes
+    assert [p.bytes.weights for p in parts] == [expected, expected]

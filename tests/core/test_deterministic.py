@@ -86,3 +86,20 @@ def test_head_latency_loss_weighs_units_by_their_flops():
     unweighted = [(p / n + (1 - p / n) * sum(map(sigmoid, r)) / len(r) - b) ** 2
                   for r, b in zip(logits.tolist(), fractions, strict=True)]  # fmt: skip
     assert sum(unweighted) / 2 != pytest.approx(loss.item(), rel=1e-3)  # the weighting matters here
+
+
+def test_the_head_latency_loss_has_the_logits_dtype():
+    # Bug caught: the loss left in float64 (the cost arithmetic's dtype), which breaks mixed
+    # precision training when it is added to a float32/bfloat16 NLL.
+    from adallava.core.config import AdaptiveConfig
+    from adallava.core.cost.shapes import ModelShape
+    from adallava.core.geometry import geometry_of
+    from adallava.core.planning import HeadPlanner
+    from adallava.testing import tiny_llava_config
+
+    config = tiny_llava_config(num_layers=4)
+    adaptive = AdaptiveConfig(switches="head", rank=1).resolve(4)
+    planner = HeadPlanner(adaptive, 4, 2, geometry_of(config.text_config, 4), ModelShape.from_config(config))
+    logits = torch.zeros(2, planner.num_layers - planner.num_prefix, 8).flatten(1)  # [B, S]
+    _, _, loss = planner.deterministic(logits, torch.tensor([0.5, 1.0]), torch.tensor([5, 7]), training=True)
+    assert loss.dtype == torch.float32

@@ -61,3 +61,33 @@ def test_straight_through_values_are_hard_and_gradients_are_the_probabilities():
     soft.sum().backward()
     sigmoid = torch.sigmoid(logits.detach())
     assert torch.allclose(logits.grad, sigmoid * (1 - sigmoid))
+
+
+def test_one_fitting_unit_still_gets_a_gradient():
+    # Bug caught: the no-gradient shortcut taken when exactly one switch fits (steps == 1 instead of
+    # 0), which would starve the scheduler whenever budgets are tight.
+    from adallava.core.selection import sample_fit_straight_through
+
+    logits = torch.tensor([[0.5, 0.1, -0.2]], requires_grad=True)
+    costs = torch.tensor([[3.0, 3.0, 3.0]], dtype=torch.float64)
+    gates = sample_fit_straight_through(logits, costs, torch.tensor([4.0], dtype=torch.float64), tau=1.0,
+                                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert gates.detach().sum().item() == 1.0
+    (gates * torch.tensor([1.0, 2.0, 3.0])).sum().backward()  # a softmax's plain sum has no gradient
+    assert logits.grad is not None and bool(logits.grad.abs().sum() > 0)
+
+
+def test_official_rule_uses_its_noise_when_sampling():
+    # Bug caught: the official H rule ignoring the Gumbel noise it is given (sampling would then always
+    # return the greedy plan). Layer 0 wins greedily; noise on layer 1's first slot moves the pick there.
+    from adallava.core.selection import official_head_selection
+
+    logits = torch.zeros(1, 2, 4)  # [B, L, 2H]: 2 upper layers, 2 heads + 2 MLP groups
+    logits[0, 0, 0] = 1.0
+    units = torch.tensor([1])
+    greedy_heads, _ = official_head_selection(logits, units, heads=2, rank=1)
+    layer_noise, unit_noise = torch.zeros(1, 1, 2, 4), torch.zeros(1, 1, 4)
+    layer_noise[0, 0, 1, 0] = 100.0
+    heads, mlp = official_head_selection(logits, units, heads=2, rank=1, noise=(layer_noise, unit_noise))
+    assert bool(greedy_heads[0, 0].any()) and not bool(greedy_heads[0, 1].any())
+    assert not bool(heads[0, 0].any() or mlp[0, 0].any()) and bool(heads[0, 1].any() or mlp[0, 1].any())

@@ -78,3 +78,19 @@ def test_unknown_subtask_file(tmp_path: Path) -> None:
     (tmp_path / "counting.txt").write_text("a.jpg\tQ\tYes\tyes\na.jpg\tQ\tNo\tno\n")
     with pytest.raises(ValueError, match="'counting' is not an MME subtask"):
         read_mme_results(tmp_path)
+
+
+def test_pairs_are_consecutive_lines_under_llava_and_images_under_lmms_eval():
+    # Bug caught: the protocols' pairing swapped. LLaVA's calculation.py pairs consecutive lines of a
+    # results file; lmms-eval groups by image. Lines img1, img2, img1, img2 with correct answers on
+    # the first two: acc+ = 50 (pair 1 right, pair 2 wrong) by lines, 0 by image (each image one wrong).
+    from adallava.eval.metrics.mme import mme_subtask_score
+    from adallava.eval.readers.mme import MMEResult
+
+    def row(image: str, prediction: str) -> MMEResult:
+        return MMEResult("color", image, "q", "Yes", prediction, "")
+
+    rows = [row("1.png", "Yes"), row("2.png", "Yes"), row("1.png", "No"), row("2.png", "No")]
+    assert mme_subtask_score(rows, "llava").acc_plus == 50.0
+    assert mme_subtask_score(rows, "lmms-eval").acc_plus == 0.0
+    assert mme_subtask_score(rows, "llava").acc == mme_subtask_score(rows, "lmms-eval").acc == 50.0
