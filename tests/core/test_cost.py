@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from adallava.core.budget import budget_fractions, min_fraction, upper_units_for_fraction
 from adallava.core.cost.flops import (
+    Bytes,
     Cost,
     decode_cost,
     decode_step_cost,
@@ -408,3 +409,27 @@ def test_attention_weight_bytes_by_hand(family, bias):
     parts = [p for p in prefill_cost(shape, 0, 10).parts if p.name == "attn_proj"]
     expected = 2 * (64 * (64 + 2 * 32) + 64 * 64 + 64 + bias)  # fp16 bytes
     assert [p.bytes.weights for p in parts] == [expected, expected]
+
+
+def test_vision_projector_and_llm_edges_of_llava_7b_by_hand():
+    # Bug caught: a wrong term in the patch embedding, the projector (bias, GELU, the activations it
+    # reads and writes) or the LLM's token embedding and final norm, in FLOPs or in bytes (the
+    # roofline reads the bytes; the tests before pinned only the decoder layers).
+    # LLaVA-1.5-7B, one image: CLIP ViT-L/14 at 336 (h 1024, 576 patches + CLS = 577 positions,
+    # patch_in = 3 * 14 * 14 = 588), projector 1024 -> 4096 -> 4096 with biases, 576 + 10 tokens
+    # entering the LLM (h 4096), fp16 (2 bytes).
+    parts = {p.name: p for p in prefill_cost(ModelShape.from_config(LLAVA_7B), 576, 10).parts}
+    embed = 2 * 576 * 588 * 1024  # the stride-14 convolution as a matmul
+    embed_elementwise = 577 * 1024 + 7 * 577 * 1024  # + position embedding, CLIP's pre-layernorm
+    assert parts["vision.embed"].flops == embed + embed_elementwise == 698_359_808
+    assert parts["vision.embed"].bytes == Bytes((588 + 577) * 1024 * 2, (576 * 588 + 577 * 1024) * 2, 0)
+    projector = 2 * 576 * (1024 * 4096 + 4096 * 4096)
+    projector_elementwise = 2 * 576 * 4096 + 576 * (4096 + 4096)  # GELU, the two biases
+    assert parts["projector"].flops == projector + projector_elementwise == 24_168_628_224
+    assert parts["projector"].bytes == Bytes(
+        (1024 * 4096 + 4096 * 4096) * 2, 576 * (1024 + 3 * 4096 + 4096) * 2, 0
+    )
+    tokens = 576 + 10
+    assert parts["embed_tokens"].bytes == Bytes(0, 2 * tokens * 4096 * 2, 0)  # read ids' rows, write
+    assert parts["norm"].flops == 7 * tokens * 4096
+    assert parts["norm"].bytes == Bytes(4096 * 2, 2 * tokens * 4096 * 2, 0)
