@@ -21,3 +21,14 @@ def ada(base_llava):
     with torch.no_grad():
         model.scheduler.head.weight.mul_(50)
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cost_caches():
+    """The cost model memoises layer, vision and per-row prices; start each test with empty caches, so
+    a test never passes on a number an earlier test computed (and tools that trace which test runs
+    which function, such as mutmut, see every call)."""
+    from adallava.core.cost import flops, pricing
+
+    for cached in (flops._layer, flops._vision, pricing._prefill_cost, pricing._decode_step_cost):
+        cached.cache_clear()
