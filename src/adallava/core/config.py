@@ -36,7 +36,8 @@ class AdaptiveConfig:
     latency_frequencies: int = 128
     """Sinusoidal frequencies of the latency encoder (official: 128, i.e. 256 features)."""
     selection: str = "adallava"
-    """'adallava' (take units in scheduler order while they fit) or 'official' (the authors' rule)."""
+    """'adallava' (take units in scheduler order, each one that still fits) or 'official' (the authors'
+    rule)."""
     token_selection: str = "none"
     """Visual token selection before the LLM: 'none', 'prumerge', 'prumerge+' (spatial samples from
     patch 0, as AdaLLaVA's code) or 'prumerge+offset' (from int(step / 6), as LLaVA-PruMerge 9d6586e)."""

@@ -14,13 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adallava.core.config import (
-    SCHEDULER_KINDS,
-    SELECTION_RULES,
-    SWITCH_KINDS,
-    TOKEN_SELECTIONS,
-    AdaptiveConfig,
-)
+from adallava.cli import flags
+from adallava.core.config import SWITCH_KINDS, AdaptiveConfig
 from adallava.io.checkpoint import DTYPES
 from adallava.io.init import init_from_base
 
@@ -35,36 +30,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--base", required=True, type=Path, metavar="DIR", help="a HF Llava folder, or a bundled name"
     )
-    parser.add_argument(
-        "--switches", required=True, choices=SWITCH_KINDS, help="layer (AdaLLaVA-L) or head (-H)"
-    )
-    parser.add_argument(
-        "--num-prefix-layers", type=int, default=None, help="always-run layers P (default: N // 2)"
-    )
-    parser.add_argument(
-        "--rank",
-        type=int,
-        default=AdaptiveConfig.rank,
-        help="head switches: heads per budget unit (default: 8)",
-    )
-    parser.add_argument(
-        "--mlp-groups",
-        type=int,
-        default=None,
-        help="head switches: MLP groups per layer (default: #head units)",
-    )
-    parser.add_argument(
-        "--selection", choices=SELECTION_RULES, default=AdaptiveConfig.selection, help="plan selection rule"
-    )
-    parser.add_argument(
-        "--token-selection", choices=TOKEN_SELECTIONS, default="none", help="visual token selection"
-    )
-    parser.add_argument(
-        "--scheduler",
-        choices=SCHEDULER_KINDS,
-        default=AdaptiveConfig.scheduler,
-        help="probabilistic (the paper's method) or deterministic (the ablation baseline)",
-    )
+    # The adaptive settings come from AdaptiveConfig itself (names, types, choices, help), as for
+    # `adallava train`'s `--adaptive.*`; --switches has no default here: the user must choose.
+    flags.add_arguments(parser.add_argument_group("adaptive settings (AdaptiveConfig)"), AdaptiveConfig)
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -77,15 +45,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    adaptive = AdaptiveConfig(
-        switches=args.switches,
-        num_prefix_layers=args.num_prefix_layers,
-        rank=args.rank,
-        mlp_groups=args.mlp_groups,
-        selection=args.selection,
-        token_selection=args.token_selection,
-        scheduler=args.scheduler,
-    )
+    if "switches" not in vars(args):
+        raise ValueError(
+            f"--switches is required: one of {', '.join(SWITCH_KINDS)} (layer: AdaLLaVA-L, head: -H)"
+        )
+    adaptive = flags.from_namespace(AdaptiveConfig, args)
     model = init_from_base(args.base, args.out, adaptive, args.dtype, args.seed)
     resolved = model.adaptive
     print(f"wrote {args.out}: {resolved.switches} switches, P = {resolved.num_prefix_layers} of N = "
