@@ -56,16 +56,15 @@ from adallava.io.hub import check_device, resolve_model
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """(AdaLlava, processor, is_adaptive) from a folder or a bundled name. A plain HF Llava folder is
-    wrapped with `AdaLlava.from_base` (P = N // 2), so explicit plans run on it; its scheduler is
-    untrained."""
+    """(AdaLlava, processor, is_adaptive) from a folder or a bundled name, through `io.hub.load_model`,
+    with the tokenizer padding on the left for batched generation. A plain HF Llava folder is wrapped
+    with `AdaLlava.from_base` (P = N // 2), so explicit plans run on it; its scheduler is untrained."""
     from adallava.engine.llava import ADAPTIVE_CONFIG_FILE
     from adallava.io.hub import load_model as load_named
 
-    folder = resolve_model(path)
-    model, processor = load_named(folder, dtype=getattr(torch, dtype))
+    model, processor = load_named(path, device=device, dtype=getattr(torch, dtype))
     processor.tokenizer.padding_side = "left"
-    return model.to(device).eval(), processor, (folder / ADAPTIVE_CONFIG_FILE).is_file()
+    return model, processor, (resolve_model(path) / ADAPTIVE_CONFIG_FILE).is_file()
 
 
 def make_provider(method: str, depth: Depth, args: EvalArgs):
