@@ -14,6 +14,7 @@ from adallava.inference.answering import answer_batch, encode
 from adallava.inference.prompts import chat_prompt
 from tests.serving import QUESTIONS, SCENE, chat_body, data_url, live_server, wait_until
 
+JSON = {"content-type": "application/json"}
 LIMITS = {"max_image_bytes": 100_000, "max_image_pixels": 1_000_000, "max_request_bytes": 600_000}
 
 
@@ -138,12 +139,12 @@ def _with_image(url: str) -> dict:
 
 BAD_REQUESTS = {
     "budget below b_min": (chat_body(budget=0.3), 400, "invalid_budget", "[0.5, 1]"),
-    "budget 1.5 is a 1.5-FLOPs cap": (chat_body(budget=1.5), 400, "invalid_request", "minimum feasible cap"),
+    "budget 1.5 is a 1.5-FLOPs cap": (chat_body(budget=1.5), 400, "invalid_budget", "minimum feasible cap"),
     "budget infinite": (chat_body(budget=float("inf")), 400, "invalid_budget", "finite"),
     "budget not a number": (chat_body(budget="fast"), 400, "invalid_budget", "not a FLOPs amount"),
     "budget a bool": (chat_body(budget=True), 400, "invalid_budget", "got True"),
     "budget NaN": (chat_body(budget=float("nan")), 400, "invalid_budget", "[0.5, 1]"),
-    "flops cap below the prefix": (chat_body(budget="1K"), 400, "invalid_request", "minimum feasible cap"),
+    "flops cap below the prefix": (chat_body(budget="1K"), 400, "invalid_budget", "minimum feasible cap"),
     "no messages": ({"messages": []}, 400, "invalid_field", "messages"),
     "bad role": ({"messages": [{"role": "bot", "content": "hi"}]}, 400, "invalid_field", "messages.0.role"),
     "unknown part type": (
@@ -200,7 +201,7 @@ def test_bad_requests_get_a_clear_error(client, case):
     [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"), (b"\xff\xfe", "not valid JSON")],
 )
 def test_malformed_json_is_a_400(client, content, fragment):
-    response = client.post("/v1/chat/completions", content=content)
+    response = client.post("/v1/chat/completions", content=content, headers=JSON)
     assert response.status_code == 400
     assert fragment in response.json()["error"]["message"]
 

@@ -70,26 +70,51 @@ def test_concurrent_mixed_budgets_batch_together_and_answer_as_alone(server):
     assert _without_times(streamed_report) == _without_times(batched[1].json()["adallava"])
 
 
-def test_a_failing_request_does_not_spoil_its_batch(server):
-    bodies = [
-        chat_body(QUESTIONS[0], budget=0.6),
-        chat_body(QUESTIONS[1], budget="1K"),
-        chat_body(QUESTIONS[2]),
-    ]
+def test_a_flops_cap_below_the_prefix_is_refused_before_it_can_spoil_a_batch(server):
+    # Bug caught (issue 17): such a cap was found only when its batch ran, so the whole batch was
+    # retried one request at a time. Now it is a 400 at preparation, while the model is still held.
+    bodies = [chat_body(QUESTIONS[0], budget=0.6), chat_body(QUESTIONS[2])]
     with Gate(server) as gate, ThreadPoolExecutor(4) as pool:
         blocker = pool.submit(post, server.url, chat_body())
         gate.wait_entered()
         futures = [pool.submit(post, server.url, body) for body in bodies]
+        bad = post(server.url, chat_body(QUESTIONS[1], budget="1K"))  # answered while the model is held
+        assert bad.status_code == 400 and "minimum feasible cap" in bad.json()["error"]["message"]
         gate.wait_queued(len(bodies))
         gate.release()
-        good_a, bad, good_b = (future.result() for future in futures)
+        good_a, good_b = (future.result() for future in futures)
         assert blocker.result().status_code == 200
-    assert bad.status_code == 400 and "minimum feasible cap" in bad.json()["error"]["message"]
-    for body, response in ((bodies[0], good_a), (bodies[2], good_b)):
+    for body, response in ((bodies[0], good_a), (bodies[1], good_b)):
         assert response.status_code == 200
+        assert response.json()["adallava"]["batch_size"] == 2  # batched together, not one at a time
         alone = post(server.url, body).json()
         assert response.json()["choices"] == alone["choices"]
         assert _without_times(response.json()["adallava"]) == _without_times(alone["adallava"])
+
+
+def test_a_batch_that_raises_is_retried_one_request_at_a_time(server):
+    # Bug caught: one request the model refuses failing its batch-mates too.
+    served = server.app.state.served
+
+    def refuses_the_second(jobs):
+        if any(job.max_tokens == 5 for job in jobs) and len(jobs) > 1:
+            raise ValueError("budget for row 1 is bad")
+        if jobs[0].max_tokens == 5:
+            raise ValueError("budget for row 0 is bad")
+        return type(served).run(served, jobs)
+
+    bodies = [chat_body(QUESTIONS[0], max_tokens=4), chat_body(QUESTIONS[1], max_tokens=5)]
+    with Gate(server) as gate, ThreadPoolExecutor(3) as pool:
+        blocker = pool.submit(post, server.url, chat_body())
+        gate.wait_entered()
+        futures = [pool.submit(post, server.url, body) for body in bodies]
+        gate.wait_queued(len(bodies))
+        gate.run = refuses_the_second
+        gate.release()
+        good, bad = (future.result() for future in futures)
+        assert blocker.result().status_code == 200
+    assert bad.status_code == 400 and bad.json()["error"]["message"] == "budget is bad"
+    assert good.status_code == 200 and good.json()["adallava"]["batch_size"] == 1
 
 
 def test_an_unexpected_error_is_a_500_and_the_server_carries_on(server):

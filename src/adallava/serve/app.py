@@ -13,30 +13,32 @@ In reading order: `create_app` (the wiring), `lifespan`, `server_metrics`, the e
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adallava.serve import openapi
 from adallava.serve.batcher import DONE, ERROR, TOKEN, Batcher, Job
 from adallava.serve.engine import Result, ServedModel
 from adallava.serve.errors import APIError, too_large
 from adallava.serve.metrics import ServerMetrics
+from adallava.serve.openapi import install_openapi
 from adallava.serve.protocol import (
     ParsedRequest,
     chunk_body,
     completion_body,
     completion_id,
-    parse_body,
-    parse_request,
     schema_error,
     sse,
 )
@@ -47,13 +49,21 @@ log = logging.getLogger("adallava.serve")
 
 
 def create_app(
-    model, processor, settings: Settings | None = None, *, name: str = "adallava", adaptive: bool = True
+    model,
+    processor,
+    settings: Settings | None = None,
+    *,
+    name: str = "adallava",
+    adaptive: bool = True,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The server for one loaded model. `adaptive=False` for a base model (no trained scheduler):
-    it runs every layer and refuses budgets.
+    it runs every layer and refuses budgets. `api_key`: when given, /v1/* and /metrics require
+    `Authorization: Bearer <api_key>` (401 otherwise); the page and /health stay open.
 
-    Wiring only: the model and its batcher, the metrics, the error handlers and the routes (`Routes`).
-    `app.state` holds `served`, `batcher`, `metrics` and `settings`; tests and benchmarks reach in there."""
+    Wiring only: the model and its batcher, the metrics, the error handlers, the routes (`Routes`)
+    and the OpenAPI document. `app.state` holds `served`, `batcher`, `metrics` and `settings`; tests
+    and benchmarks reach in there."""
     settings = settings or Settings()
     served = ServedModel(model, processor, name, adaptive, settings)
     batcher = Batcher(served, settings)
@@ -62,7 +72,12 @@ def create_app(
     app.state.served, app.state.batcher = served, batcher
     app.state.metrics, app.state.settings = metrics, settings
     add_error_handlers(app)
-    Routes(served, batcher, metrics, settings).add_to(app)
+    routes = Routes(served, batcher, metrics, settings, api_key)
+    routes.add_to(app)
+    metrics.add_gauge(
+        "adallava_preparing_requests", "requests being read and prepared", lambda: routes.preparing
+    )
+    install_openapi(app)
     return app
 
 
@@ -74,6 +89,7 @@ async def lifespan(app: FastAPI):
     await batcher.start()
     yield
     await batcher.close()
+    app.state.served.close()
 
 
 def server_metrics(batcher: Batcher) -> ServerMetrics:
@@ -108,22 +124,38 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
 
 
 async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-    """Starlette's errors (an unknown path, a wrong method) with their status, e.g. 404 not_found."""
-    kind = "not_found" if error.status_code == 404 else "http_error"
+    """Starlette's errors (an unknown path, a wrong method) with their status and headers (`Allow` on a
+    405), e.g. 404 not_found."""
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {error.detail}"
-    return await api_error(request, APIError(error.status_code, message, code=kind))
+    headers = dict(error.headers or {})
+    return await api_error(request, APIError(error.status_code, message, code=kind, headers=headers))
 
 
 async def unexpected(request: Request, error: Exception) -> JSONResponse:
-    """A bug: logged with its traceback, answered as a 500 that names only the exception's type, and
-    counted in the request metrics when it happened on a chat completion."""
+    """A bug outside the chat route (which answers its own): logged with its traceback, answered as a
+    500 that names only the exception's type. Starlette re-raises it after this answer and the server
+    closes the connection, so the response says so."""
     log.error("unhandled error on %s", request.url.path, exc_info=error)
-    if request.url.path == "/v1/chat/completions":
-        request.app.state.metrics.requests.inc(label="500")
-    return await api_error(
-        request,
-        APIError(500, f"internal error ({type(error).__name__})", type="server_error", code="internal_error"),
+    return await api_error(request, internal_error(error, {"Connection": "close"}))
+
+
+def internal_error(error: Exception, headers: dict[str, str] | None = None) -> APIError:
+    return APIError(
+        500,
+        f"internal error ({type(error).__name__})",
+        type="server_error",
+        code="internal_error",
+        headers=headers,
     )
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer; `stage`: preparing, queued or running."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
 
 
 # ---- routes ----
@@ -131,21 +163,29 @@ async def unexpected(request: Request, error: Exception) -> JSONResponse:
 
 class Routes:
     """The routes of one served model: the page at `/`, health, models, metrics and chat completions,
-    with what they share: the model, its batcher, the metrics and the limits.
+    with what they share: the model, its batcher, the metrics, the limits and the API key.
 
     Handlers carry no return annotation: FastAPI would take one as a response model."""
 
-    def __init__(self, served: ServedModel, batcher: Batcher, metrics: ServerMetrics, settings: Settings):
+    def __init__(
+        self, served: ServedModel, batcher: Batcher, metrics: ServerMetrics, settings: Settings, api_key=None
+    ):
         self.served, self.batcher, self.metrics, self.settings = served, batcher, metrics, settings
+        self.api_key = api_key
+        self.preparing = 0  # requests admitted and being read or prepared (event loop only)
 
     def add_to(self, app: FastAPI) -> None:
-        """Registers the routes (and the page's static files) on `app`."""
-        app.add_api_route("/", self.page, methods=["GET"], include_in_schema=False)
+        """Registers the routes (GET ones answer HEAD too) and the page's static files on `app`."""
+        app.add_api_route("/", self.page, methods=["GET", "HEAD"], include_in_schema=False)
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
-        app.add_api_route("/health", self.health, methods=["GET"])
-        app.add_api_route("/v1/models", self.models, methods=["GET"])
-        app.add_api_route("/metrics", self.prometheus, methods=["GET"], response_class=PlainTextResponse)
-        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        for path, handler, kwargs in (
+            ("/health", self.health, openapi.HEALTH),
+            ("/v1/models", self.models, openapi.MODELS),
+            ("/metrics", self.prometheus, openapi.METRICS),
+        ):
+            app.add_api_route(path, handler, methods=["GET"], **kwargs)
+            app.add_api_route(path, handler, methods=["HEAD"], include_in_schema=False)
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], **openapi.CHAT)
 
     async def page(self):
         """The page to try the model in a browser."""
@@ -154,7 +194,7 @@ class Routes:
     async def health(self):
         """The model's name and the load (queue depth, running requests); 503 once shutting down."""
         if self.batcher.closing:
-            return JSONResponse({"status": "shutting_down"}, status_code=503)
+            return JSONResponse({"status": "shutting_down"}, status_code=503, headers={"Connection": "close"})
         return {
             "status": "ok",
             "model": self.served.card.name,
@@ -162,8 +202,9 @@ class Routes:
             "running": self.batcher.running,
         }
 
-    async def models(self):
+    async def models(self, request: Request):
         """The one model served, OpenAI's list shape, with adallava's description of it."""
+        self._authorize(request)
         entry = {
             "id": self.served.card.name,
             "object": "model",
@@ -173,24 +214,77 @@ class Routes:
         }
         return {"object": "list", "data": [entry]}
 
-    async def prometheus(self):
+    async def prometheus(self, request: Request):
         """The metrics in Prometheus' text format."""
+        self._authorize(request)
         return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def _authorize(self, request: Request) -> None:
+        """401 unless the request carries the API key (when the server has one)."""
+        if self.api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self.api_key.encode()
+        ):
+            raise APIError(
+                401,
+                "this server requires an API key: send the header 'Authorization: Bearer <key>' (--api-key)",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     async def chat_completions(self, request: Request):
         """An OpenAI chat completion with a budget: one JSON body, or server-sent events with `stream`.
-        Every answer is counted by status in the request metrics."""
+        Every answer is counted by status in the request metrics; a request whose client left is
+        counted as cancelled (by stage) instead, and its work is dropped."""
         arrived = time.perf_counter()
         deadline = arrived + self.settings.request_timeout_s
         try:
-            parsed, job = await self._submit(request)
-            rid = completion_id()
-            if parsed.stream:
-                return await self._stream(job, parsed, rid, arrived, deadline)
-            result = await job.result(deadline, self.settings.request_timeout_s)
+            return await self._complete(request, arrived, deadline)
         except APIError as error:
             self.metrics.requests.inc(label=str(error.status))
             raise
+        except ClientGone as gone:
+            self.metrics.cancelled.inc(label=gone.stage)
+            return Response(status_code=499)  # nobody is there to read it
+        except Exception as error:  # noqa: BLE001 - a bug: answered here, so the connection stays usable
+            log.error("unhandled error on %s", request.url.path, exc_info=error)
+            self.metrics.requests.inc(label="500")
+            raise internal_error(error) from None
+
+    async def _complete(self, request: Request, arrived: float, deadline: float):
+        """Admission (key, content type, shutdown, capacity: all before the body is read), then the
+        request read and prepared in a prepare worker, queued, and answered, while the connection is
+        watched: if the client leaves, its work stops where it is."""
+        self._authorize(request)
+        check_content_type(request)
+        if self.batcher.closing:
+            raise shutting_down()
+        self._admit()
+        watch = ClientWatch(request)
+        try:
+            self.preparing += 1
+            try:
+                raw = await read_body(request, self.settings.max_request_bytes)
+                watch.start()
+                loop = asyncio.get_running_loop()
+                reading = loop.run_in_executor(self.served.pool, self.served.read, raw)
+                parsed, prompt = await watch.race(reading, lambda: "preparing")
+            finally:
+                self.preparing -= 1
+            job = self.batcher.submit(prompt, parsed.budget, parsed.max_tokens, parsed.stream)
+            stage = lambda: "running" if job.started else "queued"  # noqa: E731
+            rid = completion_id()
+            if parsed.stream:
+                first = await watch.race(
+                    job.next_event(deadline, self.settings.request_timeout_s), stage, job
+                )
+                watch.stop()  # from here Starlette's streaming response watches the connection
+                return self._stream(job, first, parsed, rid, arrived, deadline)
+            result = await watch.race(job.result(deadline, self.settings.request_timeout_s), stage, job)
+        finally:
+            watch.stop()
         answer = result.answer
         content = completion_body(
             rid, self.served.card.name, answer.text, answer.finish_reason, usage(result), report(result)
@@ -199,20 +293,24 @@ class Routes:
         self._observe(result, arrived)
         return content
 
-    async def _submit(self, request: Request) -> tuple[ParsedRequest, Job]:
-        """Reads and checks the request, prepares its prompt (in the thread pool: both decode images
-        and tokenize) and queues it for the model. Any problem is raised as an APIError."""
-        body = parse_body(await read_body(request, self.settings.max_request_bytes))
-        parsed = await run_in_threadpool(parse_request, body, self.served.card, self.settings)
-        prompt = await run_in_threadpool(self.served.prepare, parsed)
-        return parsed, self.batcher.submit(prompt, parsed.budget, parsed.max_tokens, parsed.stream)
+    def _admit(self) -> None:
+        """429 before any work when the requests being prepared and those queued fill --max-queue."""
+        waiting = self.preparing + self.batcher.depth
+        if waiting >= self.settings.max_queue:
+            raise APIError(
+                429,
+                f"the server is at capacity: {waiting} requests are already waiting (--max-queue "
+                f"{self.settings.max_queue}); retry after {self.settings.retry_after_s} s",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            )
 
-    async def _stream(
-        self, job: Job, parsed: ParsedRequest, rid: str, arrived: float, deadline: float
+    def _stream(
+        self, job: Job, first, parsed: ParsedRequest, rid: str, arrived: float, deadline: float
     ) -> StreamingResponse:
         """The streaming response. Its first event decides the status: an error before any token is
         raised, to be a proper 4xx/5xx; after that the status is 200 and errors go in the stream."""
-        first = await job.next_event(deadline, self.settings.request_timeout_s)
         if first[0] == ERROR:
             raise first[1]
         self.metrics.requests.inc(label="200")
@@ -252,6 +350,7 @@ class Routes:
         finally:
             if not finished:
                 job.cancel()
+                self.metrics.cancelled.inc(label="streaming")
 
     async def _next_event(self, job: Job, deadline: float) -> tuple[str, Any]:
         """The job's next event; a timeout comes back as an ERROR event, to be sent in the stream."""
@@ -314,6 +413,64 @@ def report(result: Result) -> dict:
         "batch_size": result.batch_size,
         "unknown_words": result.unknown_words,
     }
+
+
+def check_content_type(request: Request) -> None:
+    """415 unless the body is declared JSON: a browser page elsewhere can POST text/plain or a form
+    to this server without asking (no CORS preflight), but not application/json."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise APIError(
+            415,
+            f"the request body must be JSON sent with 'Content-Type: application/json', got "
+            f"{media[:80] or 'no Content-Type'}",
+            code="unsupported_media_type",
+        )
+
+
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "the server is shutting down",
+        type="server_error",
+        code="shutting_down",
+        headers={"Connection": "close"},
+    )
+
+
+class ClientWatch:
+    """Watches a request's connection, once its body is read, for the client leaving: `race` awaits
+    some work (preparation, the answer) or the disconnect, whichever comes first."""
+
+    def __init__(self, request: Request):
+        self.receive = request.receive
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._disconnected())
+
+    async def _disconnected(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+
+    async def race(self, work, stage: Callable[[], str], job: Job | None = None):
+        """`work`'s result; if the client leaves first, the job is cancelled (dropped from the queue,
+        or its row stopped at the next decoding step) and ClientGone(stage()) is raised."""
+        work = asyncio.ensure_future(work)
+        if self.task is None:
+            return await work
+        done, _ = await asyncio.wait({work, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        work.cancel()
+        if job is not None:
+            job.cancel()
+        raise ClientGone(stage())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

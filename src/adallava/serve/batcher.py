@@ -39,6 +39,7 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # the client gave up: skip it, or let generation stop its row
+    started: bool = False  # taken into a batch (the model is running it)
     streamed: int = 0  # tokens already sent, so that a retried batch does not send them twice
 
     # ---- worker side (any thread) ----
@@ -103,7 +104,13 @@ class Batcher:
     def submit(self, prompt: Prompt, budget, max_tokens: int, stream: bool) -> Job:
         """Queue a request; 429 when the queue is full, 503 once shutdown has begun."""
         if self.closing or self.queue is None:
-            raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
+            raise APIError(
+                503,
+                "the server is shutting down",
+                type="server_error",
+                code="shutting_down",
+                headers={"Connection": "close"},
+            )
         job = Job(prompt, budget, max_tokens, stream, asyncio.get_running_loop())
         try:
             self.queue.put_nowait(job)
@@ -117,6 +124,10 @@ class Batcher:
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             ) from None
         return job
+
+    def begin_closing(self) -> None:
+        """Refuse new requests (503) from now on; what is queued or running is still answered."""
+        self.closing = True
 
     async def close(self) -> None:
         """Stop taking requests, answer every queued and running one, then stop the worker."""
@@ -138,6 +149,8 @@ class Batcher:
             while len(batch) < self.settings.max_batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             live = [job for job in batch if not job.cancelled]
+            for job in live:
+                job.started = True
             try:
                 if live:
                     self.running = len(live)

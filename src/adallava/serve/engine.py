@@ -4,22 +4,81 @@ makes them and timing the prefill and decoding of each row."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+from jinja2 import TemplateError
+from PIL import Image
 
+from adallava.core.cost.pricing import full_llm_flops
 from adallava.engine import hf_compat
 from adallava.inference.answering import Answer, Prompt, answer_batch, encode
 from adallava.inference.prompts import conversation_prompt
 from adallava.serve.batcher import TOKEN, Job
-from adallava.serve.errors import bad_request
-from adallava.serve.protocol import ModelCard, ParsedRequest
+from adallava.serve.errors import bad_request, too_large
+from adallava.serve.protocol import ModelCard, ParsedRequest, parse_body, parse_request
 from adallava.serve.settings import Settings
 
 FALLBACK_MAX_TOKENS = 64
+CHARS_PER_TOKEN = 16  # --max-prompt-chars by default: generous (English is about 4 per token)
+
+
+def processed_size(image_processor, width: int, height: int) -> tuple[int, int] | None:
+    """(width, height) an image of `width` x `height` becomes when `image_processor` resizes it, before
+    any crop: `size` as {"shortest_edge"} (CLIP, LLaVA-1.5: the short side scaled to it, the long
+    side in proportion, capped by "longest_edge" if given), {"longest_edge"}, or {"height", "width"}.
+    None for a processor that does not resize or that sizes images another way."""
+    size = getattr(image_processor, "size", None)
+    if size is None or not getattr(image_processor, "do_resize", True):
+        return None
+    read = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    shortest, longest = read("shortest_edge"), read("longest_edge")
+    if read("height") and read("width"):
+        return int(read("width")), int(read("height"))
+    scale = None
+    if shortest:
+        scale = shortest / min(width, height)
+        if longest:
+            scale = min(scale, longest / max(width, height))
+    elif longest:
+        scale = longest / max(width, height)
+    if scale is None:
+        return None
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def check_no_image_tokens(processor, messages: list[dict]) -> None:
+    """400 when a text part holds the processor's image token (e.g. "<image>"): typed text would
+    otherwise become image placeholders with no image behind them."""
+    token = getattr(processor, "image_token", None)
+    if not token:
+        return
+    for index, message in enumerate(messages):
+        if any(token in part.get("text", "") for part in message["content"]):
+            raise bad_request(
+                f"messages.{index}.content: the text holds {token!r}, the model's image placeholder; send "
+                "images as image_url parts, not as text",
+                param=f"messages.{index}.content",
+                code="invalid_request",
+            )
+
+
+def check_processed_size(processor, image: Image.Image, limit: int, index: int) -> None:
+    """413 `image_too_large` when the image processor would make more than `limit` pixels of `image`."""
+    size = processed_size(getattr(processor, "image_processor", None), *image.size)
+    if size is not None and size[0] * size[1] > limit:
+        raise too_large(
+            f"image {index}: the model's image processor would resize the {image.width}x{image.height} image "
+            f"to {size[0]}x{size[1]} = {size[0] * size[1]} pixels; the limit is {limit} "
+            "(--max-processed-pixels)",
+            param="messages",
+            code="image_too_large",
+        )
 
 
 @dataclass(frozen=True)
@@ -41,22 +100,28 @@ class Result:
 
 class ServedModel:
     """The served model and what the protocol needs to know about it. A model whose scheduler was never
-    trained is served as a base model (no budgets), whatever `adaptive` says."""
+    trained is served as a base model (no budgets), whatever `adaptive` says.
+
+    Requests are read and prepared (JSON, images, chat template, tokenizer, limits) in a pool of
+    `settings.prepare_workers` threads, each with its own copy of the processor (a fast tokenizer must
+    not be entered concurrently), so no lock is shared and the event loop never does the work."""
 
     def __init__(self, model, processor, name: str, adaptive: bool, settings: Settings):
         self.model, self.processor, self.settings = model, processor, settings
         self.scheduler_trained = bool(getattr(model, "scheduler_trained", False))
         adaptive = adaptive and self.scheduler_trained
-        # Requests are prepared in a thread pool; a fast tokenizer must not be entered concurrently.
-        self._processor_lock = threading.Lock()
+        self._local = threading.local()
+        self.pool = ThreadPoolExecutor(settings.prepare_workers, thread_name_prefix="adallava-prepare")
         text_config = model.config.get_text_config()
         self.context_length = int(text_config.max_position_embeddings)
+        self.max_prompt_tokens = settings.max_prompt_tokens or self.context_length
         configured = getattr(model.generation_config, "max_new_tokens", None)
         self.card = ModelCard(
             name=name,
             adaptive=adaptive,
             min_budget=float(model.b_min) if adaptive else 1.0,
             default_max_tokens=settings.default_max_tokens or configured or FALLBACK_MAX_TOKENS,
+            max_prompt_chars=settings.max_prompt_chars or CHARS_PER_TOKEN * self.max_prompt_tokens,
         )
 
     def describe(self) -> dict:
@@ -74,17 +139,27 @@ class ServedModel:
             "max_tokens_limit": self.settings.max_tokens_limit,
         }
 
+    def read(self, raw: bytes) -> tuple[ParsedRequest, Prompt]:
+        """A prepare worker: the body's bytes -> the checked request and its prompt. Raises APIError."""
+        parsed = parse_request(parse_body(raw, self.settings.max_messages), self.card, self.settings)
+        return parsed, self.prepare(parsed)
+
     def prepare(self, request: ParsedRequest) -> Prompt:
-        """The request as the model's prompt; 400 when it does not fit the context or the limit."""
+        """The request as the model's prompt; 400 / 413 when it does not fit: the images' processed size
+        (before the image processor runs), the prompt's tokens, the context, a FLOPs cap below the
+        prefix's cost."""
+        processor = self._processor()
+        check_no_image_tokens(processor, request.messages)
+        for index, image in enumerate(request.images):
+            check_processed_size(processor, image, self.settings.max_processed_pixels, index)
         try:
-            with self._processor_lock:
-                text = conversation_prompt(self.processor, request.messages)
-                prompt = encode(self.processor, text, request.images)
-        except ValueError as error:  # e.g. a chat template that cannot place the image
+            text = conversation_prompt(processor, request.messages)
+            prompt = encode(processor, text, request.images)
+        except (ValueError, TemplateError) as error:  # e.g. a chat template refusing the roles' order
             raise bad_request(
                 f"messages: cannot make the model's prompt: {error}", param="messages"
             ) from None
-        limit = self.settings.max_prompt_tokens or self.context_length
+        limit = self.max_prompt_tokens
         latency_token = 1 if self.card.adaptive else 0
         if prompt.num_tokens > limit:
             raise bad_request(
@@ -100,7 +175,33 @@ class ServedModel:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
+        self._check_flops_cap(request.budget, prompt)
         return prompt
+
+    def _check_flops_cap(self, budget, prompt: Prompt) -> None:
+        """A FLOPs cap against this prompt's full cost, as the model will convert it (prompt tokens plus
+        the latency token): a cap below the prefix's cost is a 400 here, not a failed batch later.
+        Skipped when the model selects visual tokens (PruMerge): its token count is known only then."""
+        if budget is None or not (isinstance(budget, str) or budget > 1):
+            return
+        if prompt.pixel_values is not None and self.model.adaptive.token_selection != "none":
+            return
+        tokens = torch.tensor([prompt.num_tokens + 1])
+        try:
+            self.model.budgets.fractions(budget, 1, full_llm_flops(self.model.shape, tokens))
+        except ValueError as error:
+            message = str(error).replace(" for row 0", "")  # one request: the row is noise here
+            raise bad_request(message, param="budget", code="invalid_budget") from None
+
+    def _processor(self):
+        """This thread's own copy of the processor."""
+        processor = getattr(self._local, "processor", None)
+        if processor is None:
+            processor = self._local.processor = copy.deepcopy(self.processor)
+        return processor
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def run(self, jobs: Sequence[Job]) -> list[Result]:
         """Worker thread: one greedy generate for the batch, each row under its own budget."""

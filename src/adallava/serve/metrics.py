@@ -1,9 +1,10 @@
 """Prometheus metrics of the server, in the text exposition format (written here: three metric kinds
 are all the server needs, so no client library).
 
-Names (docs/serving.md): adallava_requests_total{status}, adallava_request_seconds,
-adallava_queue_seconds, adallava_prefill_seconds, adallava_decode_seconds, adallava_budget,
-adallava_batch_size, adallava_queue_depth, adallava_running_requests,
+Names (docs/serving.md): adallava_requests_total{status}, adallava_cancelled_requests_total{stage},
+adallava_request_seconds, adallava_queue_seconds, adallava_prefill_seconds, adallava_decode_seconds,
+adallava_budget,
+adallava_batch_size, adallava_queue_depth, adallava_running_requests, adallava_preparing_requests,
 adallava_prompt_tokens_total, adallava_completion_tokens_total, adallava_prefill_flops_total.
 """
 
@@ -107,6 +108,12 @@ class ServerMetrics:
         self.prefill_flops = Counter(
             "adallava_prefill_flops_total", "prefill FLOPs of answered requests (decoder stack)"
         )
+        self.cancelled = Counter(
+            "adallava_cancelled_requests_total",
+            "chat completion requests whose client left before the answer, by stage (preparing, queued, "
+            "running, streaming); not counted in adallava_requests_total unless a stream had begun",
+            "stage",
+        )
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -115,6 +122,7 @@ class ServerMetrics:
     def render(self) -> str:
         parts = [
             self.requests,
+            self.cancelled,
             self.request_seconds,
             self.queue_seconds,
             self.prefill_seconds,

@@ -72,18 +72,60 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
 
 
-def parse_body(raw: bytes) -> ChatCompletionRequest:
-    """JSON bytes -> a validated request; 400 naming the field on anything malformed."""
+def parse_body(raw: bytes, max_messages: int) -> ChatCompletionRequest:
+    """JSON bytes -> a validated request; 400 naming the field on anything malformed, including what
+    Python's JSON reader cannot hold (nesting past its recursion limit, an integer past its digit
+    limit) and text that is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800")."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise bad_request(
+            "the request body is not valid JSON: arrays or objects nested too deeply", code="invalid_json"
+        ) from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, the integer digit limit
         raise bad_request(f"the request body is not valid JSON: {error}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(data).__name__}")
+    if _SURROGATE_ESCAPE.search(raw):
+        check_unicode(data)
+    messages = data.get("messages")
+    if isinstance(messages, list) and len(messages) > max_messages:
+        raise bad_request(
+            f"messages: {len(messages)} messages; at most {max_messages} per request (--max-messages)",
+            param="messages",
+            code="too_many_messages",
+        )
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:
         raise schema_error(error.errors()) from None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # a JSON escape of a UTF-16 surrogate
+
+
+def check_unicode(data: Any) -> None:
+    """400 naming the first string (key or value) of parsed JSON that holds a lone surrogate: JSON
+    allows "\\ud800", but it is no character, and UTF-8 (the tokenizer, the response) cannot encode it."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:  # iterative: the body may nest as deep as the JSON reader allowed
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack += [(key, path or "body"), (item, f"{path}.{key}".lstrip("."))]
+        elif isinstance(value, list):
+            stack += [(item, f"{path}.{index}".lstrip(".")) for index, item in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                bad = value[error.start : error.end].encode("unicode_escape").decode()
+                raise bad_request(
+                    f"{path or 'body'}: the text holds a lone UTF-16 surrogate ({bad}) at character "
+                    f"{error.start}; text must be valid Unicode (a surrogate only as half of a pair)",
+                    param=path or None,
+                    code="invalid_unicode",
+                ) from None
 
 
 def schema_error(errors: list[dict]) -> APIError:
@@ -93,10 +135,18 @@ def schema_error(errors: list[dict]) -> APIError:
     path, error = max(located, key=lambda item: len(item[0]))
     location = ".".join(str(part) for part in path)
     value = error.get("input")
-    shown = f"; got {value!r}" if value is not None and not isinstance(value, (dict, list)) else ""
+    shown = f"; got {_short(value)}" if value is not None and not isinstance(value, (dict, list)) else ""
     return bad_request(
         f"{location or 'body'}: {error['msg']}{shown}", param=location or None, code="invalid_field"
     )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a value for an error message, cut to `limit` characters (a bad field may be megabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of {len(str(abs(value)))} digits"
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|.*\[.*\])$")
@@ -140,6 +190,7 @@ class ModelCard:
     adaptive: bool
     min_budget: float
     default_max_tokens: int
+    max_prompt_chars: int  # characters of text, checked before tokenizing
 
 
 def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Settings) -> ParsedRequest:
@@ -178,6 +229,7 @@ def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Set
             parts.append({"type": "image"})
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": parts})
+    check_text_length(messages, card)
     return ParsedRequest(
         messages=messages,
         images=images,
@@ -186,6 +238,19 @@ def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Set
         stream=request.stream,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
     )
+
+
+def check_text_length(messages: list[dict], card: ModelCard) -> None:
+    """400 context_length_exceeded when the messages' text is longer than `card.max_prompt_chars`:
+    found before the tokenizer spends seconds on megabytes of text."""
+    chars = sum(len(part["text"]) for message in messages for part in message["content"] if "text" in part)
+    if chars > card.max_prompt_chars:
+        raise bad_request(
+            f"messages: the text is {chars} characters; the limit is {card.max_prompt_chars} (checked before "
+            "tokenizing; --max-prompt-chars)",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
 
 def check_max_tokens(request: ChatCompletionRequest, card: ModelCard, settings: Settings) -> int:
@@ -222,7 +287,14 @@ def check_budget(value, card: ModelCard) -> float | str | None:
             param="budget",
             code="invalid_budget",
         )
-    budget = parse_budget(value) if isinstance(value, str) else float(value)
+    try:
+        budget = parse_budget(value) if isinstance(value, str) else float(value)
+    except OverflowError:  # an integer too large for a float: no FLOPs cap is that large
+        raise bad_request(
+            f"budget {_short(value)} is too large to be a number of FLOPs (at most about 1.8e308)",
+            param="budget",
+            code="invalid_budget",
+        ) from None
     try:
         if isinstance(budget, str) or budget > 1:  # a FLOPs cap; the model converts it per request
             parse_flops(budget)
@@ -238,9 +310,21 @@ def check_budget(value, card: ModelCard) -> float | str | None:
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*);base64,", re.I)
 
+# The formats a user sends, by data-URL type -> PIL's format name. Only these decoders are ever tried
+# (PIL would otherwise try every plugin it has, EPS through Ghostscript included).
+IMAGE_TYPES = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+}
+IMAGE_FORMATS = tuple(dict.fromkeys(IMAGE_TYPES.values()))
+
 
 def decode_image(url: str, settings: Settings, param: str) -> Image.Image:
-    """A data URL (`data:image/png;base64,...`) or bare base64 -> an RGB image, within the limits."""
+    """A data URL (`data:image/png;base64,...`) or bare base64 -> an RGB image, within the limits:
+    bytes, then (from the header, before decoding) format, width x height and aspect ratio."""
     if re.match(r"^\s*(https?|ftp|file)://", url, re.I):
         raise bad_request(
             f"{param}: {url[:60]!r} is a URL to fetch; this server does not fetch images from addresses. "
@@ -255,6 +339,7 @@ def decode_image(url: str, settings: Settings, param: str) -> Image.Image:
             param=param,
             code="invalid_image",
         )
+    formats = _allowed_formats(match["mime"] if match else None, param)
     payload = url[match.end() :] if match else url
     if len(payload) * 3 // 4 > settings.max_image_bytes + 3:  # before decoding: base64 is 4/3 the bytes
         raise _image_too_large(len(payload) * 3 // 4, settings, param)
@@ -267,24 +352,54 @@ def decode_image(url: str, settings: Settings, param: str) -> Image.Image:
     if len(data) > settings.max_image_bytes:
         raise _image_too_large(len(data), settings, param)
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > settings.max_image_pixels:
-            raise too_large(
-                f"{param}: the image has {width}x{height} = {width * height} pixels; the limit is "
-                f"{settings.max_image_pixels} (--max-image-pixels)",
-                param=param,
-                code="image_too_large",
-            )
+        image = Image.open(io.BytesIO(data), formats=formats)  # reads the header only
+        check_image_size(*image.size, settings, param)
         return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise bad_request(
-            f"{param}: the bytes are not an image PIL can read ({type(error).__name__}: {error})",
+            f"{param}: the bytes are not a {' / '.join(formats)} image PIL can read ({type(error).__name__}: "
+            f"{str(error)[:200]})",
             param=param,
             code="invalid_image",
         ) from None
     except PIL.Image.DecompressionBombError as error:
         raise too_large(f"{param}: {error}", param=param, code="image_too_large") from None
+
+
+def _allowed_formats(mime: str | None, param: str) -> tuple[str, ...]:
+    """The PIL formats to try: the data URL's type (which must be one of IMAGE_TYPES), or all of
+    IMAGE_FORMATS for bare base64. 400 `invalid_image` for any other type."""
+    if mime is None:
+        return IMAGE_FORMATS
+    fmt = IMAGE_TYPES.get(mime.lower())
+    if fmt is None:
+        raise bad_request(
+            f"{param}: the data URL's type {mime[:60]!r} is not an image type this server reads; send one of "
+            f"{', '.join(IMAGE_TYPES)}",
+            param=param,
+            code="invalid_image",
+        )
+    return (fmt,)
+
+
+def check_image_size(width: int, height: int, settings: Settings, param: str) -> None:
+    """An image's size from its header, before its pixels are decoded: 413 past --max-image-pixels,
+    400 past --max-image-aspect-ratio."""
+    if width * height > settings.max_image_pixels:
+        raise too_large(
+            f"{param}: the image has {width}x{height} = {width * height} pixels; the limit is "
+            f"{settings.max_image_pixels} (--max-image-pixels)",
+            param=param,
+            code="image_too_large",
+        )
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > settings.max_image_aspect_ratio:
+        raise bad_request(
+            f"{param}: the image is {width}x{height}, an aspect ratio of {ratio:.4g}; the limit is "
+            f"{settings.max_image_aspect_ratio:g} (--max-image-aspect-ratio)",
+            param=param,
+            code="image_aspect_ratio",
+        )
 
 
 def _image_too_large(size: int, settings: Settings, param: str) -> APIError:

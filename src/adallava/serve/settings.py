@@ -29,8 +29,20 @@ class Settings:
     """one image's decoded bytes; larger: 413"""
     max_image_pixels: int = 4096 * 4096
     """one image's width x height; larger: 413"""
+    max_image_aspect_ratio: float = 20.0
+    """one image's long side over its short side, checked from its header before decoding; larger: 400
+    (the image processor scales the short side up to its input size, so a 1 x 100000 strip would
+    become millions of pixels)"""
+    max_processed_pixels: int = 2048 * 2048
+    """one image's width x height as the model's image processor would resize it (before its crop),
+    checked before it runs; larger: 413"""
     max_images: int = 1
     """images per request (LLaVA-1.5 is trained on one)"""
+    max_messages: int = 256
+    """messages per request; more: 400"""
+    max_prompt_chars: int | None = None
+    """characters of the messages' text, checked before tokenizing; more: 400 context_length_exceeded
+    (default: 16 per prompt token allowed)"""
     max_prompt_tokens: int | None = None
     """prompt tokens, visual tokens included; longer: 400 context_length_exceeded (default: the model's
     context length)"""
@@ -38,6 +50,9 @@ class Settings:
     """the largest max_tokens a request may ask for; larger: 400"""
     default_max_tokens: int | None = None
     """max_tokens of a request without one (default: the model's max_new_tokens, or 64)"""
+    prepare_workers: int = 2
+    """threads that read requests, decode images and tokenize (each with its own copy of the processor),
+    beside the model's one worker"""
     graceful_timeout_s: float = 30.0
     """on shutdown, how long in-flight requests may take to finish"""
 
@@ -51,6 +66,11 @@ class Settings:
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"Settings.{name} (--{_flag(name)}) must be >= 0, got {value!r}")
+        if self.max_image_aspect_ratio < 1:
+            raise ValueError(
+                "Settings.max_image_aspect_ratio (--max-image-aspect-ratio) is a long side over a short "
+                f"side: it must be >= 1, got {self.max_image_aspect_ratio!r}"
+            )
         if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"Settings.default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_limit "

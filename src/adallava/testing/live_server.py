@@ -17,6 +17,8 @@ from pathlib import Path
 import uvicorn
 from PIL import Image
 
+from adallava.serve.server import Server, begin_closing
+
 # Questions about the repository's examples/scene.png, in the world's words.
 QUESTIONS = [
     "what color is the circle ?",
@@ -64,7 +66,7 @@ class LiveServer:
         config = uvicorn.Config(
             app, log_level="warning", timeout_graceful_shutdown=graceful_timeout_s, lifespan="on"
         )
-        self.server = uvicorn.Server(config)
+        self.server = Server(config)
         self.thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self.socket]},
@@ -84,6 +86,7 @@ class LiveServer:
 
     def begin_shutdown(self) -> None:
         """What SIGTERM does: stop accepting, let in-flight requests finish, then exit."""
+        begin_closing(self.app)
         self.server.should_exit = True
 
     def stop(self, timeout_s: float = 30.0) -> None:

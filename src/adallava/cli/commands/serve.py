@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from adallava.cli import flags
 from adallava.io.hub import BUNDLED, DEFAULT_MODEL, check_device, load_model, resolve_model
 from adallava.serve.settings import Settings
+
+API_KEY_ENV = "ADALLAVA_API_KEY"
 
 
 def add_parser(subparsers) -> None:
@@ -43,6 +46,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on /v1/* and /metrics (default: ${API_KEY_ENV}, else "
+        "none); set one before listening beyond this machine",
+    )
     flags.add_arguments(parser.add_argument_group("batching and limits"), Settings)
     parser.set_defaults(func=run)
 
@@ -53,6 +62,7 @@ def run(args) -> int:
 
     from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE
     from adallava.serve.app import create_app
+    from adallava.serve.server import Server
 
     settings = flags.from_namespace(Settings, args)  # checked before the model loads
     if not 0 < args.port < 65536:
@@ -65,15 +75,21 @@ def run(args) -> int:
     adaptive = (folder / ADAPTIVE_CONFIG_FILE).is_file() and model.scheduler_trained
     name = args.served_model_name or str(args.model)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(model, processor, settings, name=name, adaptive=adaptive)
+    if args.api_key is not None and not args.api_key.strip():
+        raise ValueError(f"--api-key (or ${API_KEY_ENV}) is empty; give a key or leave it unset")
+    app = create_app(model, processor, settings, name=name, adaptive=adaptive, api_key=args.api_key)
     kind = f"adaptive, b_min {model.b_min:g}" if adaptive else "no trained scheduler: full model, no budgets"
     url = f"http://{args.host}:{args.port}"
-    print(f"adallava serve: {name} ({kind}) on {url} (page: /, API: /v1/chat/completions)", flush=True)
-    uvicorn.run(
+    auth = "API key required" if args.api_key else "no API key"
+    print(
+        f"adallava serve: {name} ({kind}) on {url} (page: /, API: /v1/chat/completions; {auth})", flush=True
+    )
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=settings.graceful_timeout_s,
     )
+    Server(config).run()
     return 0
