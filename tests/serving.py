@@ -30,10 +30,10 @@ def chat_body(question: str = QUESTIONS[0], budget=None, image: str | None = Non
 
 
 @contextmanager
-def live_server(model: str = "tiny-adallava-l", **settings):
+def live_server(model: str = "tiny-adallava-l", api_key: str | None = None, **settings):
     """A started LiveServer for a bundled model; `settings` override Settings' defaults."""
     loaded, processor, adaptive = load_model(model)
-    app = create_app(loaded, processor, Settings(**settings), name=model, adaptive=adaptive)
+    app = create_app(loaded, processor, Settings(**settings), name=model, adaptive=adaptive, api_key=api_key)
     with LiveServer(app) as server:
         yield server
 
@@ -54,10 +54,12 @@ class Gate:
         self.served = server.app.state.served
         self.batcher = server.app.state.batcher
         self.entered, self.released = threading.Event(), threading.Event()
+        self.jobs: list = []  # the held batch's jobs
         self.run = lambda jobs: type(self.served).run(self.served, jobs)  # what runs after the gate
         self.served.run = self._run  # the batcher looks `run` up on every batch
 
     def _run(self, jobs):
+        self.jobs = jobs
         self.entered.set()
         if not self.released.wait(30):
             raise RuntimeError("gate never released")

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from adallava.serve import openapi
 from adallava.serve.batcher import DONE, ERROR, TOKEN, Batcher, Job
@@ -151,7 +152,8 @@ def internal_error(error: Exception, headers: dict[str, str] | None = None) -> A
 
 
 class ClientGone(Exception):
-    """The client closed its connection before its answer; `stage`: preparing, queued or running."""
+    """The client closed its connection before its answer; `stage`: reading (its body), preparing,
+    queued or running."""
 
     def __init__(self, stage: str):
         super().__init__(stage)
@@ -183,8 +185,7 @@ class Routes:
             ("/v1/models", self.models, openapi.MODELS),
             ("/metrics", self.prometheus, openapi.METRICS),
         ):
-            app.add_api_route(path, handler, methods=["GET"], **kwargs)
-            app.add_api_route(path, handler, methods=["HEAD"], include_in_schema=False)
+            app.add_api_route(path, handler, methods=["GET", "HEAD"], **kwargs)
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"], **openapi.CHAT)
 
     async def page(self):
@@ -266,7 +267,10 @@ class Routes:
         try:
             self.preparing += 1
             try:
-                raw = await read_body(request, self.settings.max_request_bytes)
+                try:
+                    raw = await read_body(request, self.settings.max_request_bytes)
+                except ClientDisconnect:
+                    raise ClientGone("reading") from None
                 watch.start()
                 loop = asyncio.get_running_loop()
                 reading = loop.run_in_executor(self.served.pool, self.served.read, raw)

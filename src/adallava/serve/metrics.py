@@ -110,8 +110,8 @@ class ServerMetrics:
         )
         self.cancelled = Counter(
             "adallava_cancelled_requests_total",
-            "chat completion requests whose client left before the answer, by stage (preparing, queued, "
-            "running, streaming); not counted in adallava_requests_total unless a stream had begun",
+            "chat completion requests whose client left before the answer, by stage (reading, preparing, "
+            "queued, running, streaming); not counted in adallava_requests_total unless a stream had begun",
             "stage",
         )
         self.gauges: list[Gauge] = []

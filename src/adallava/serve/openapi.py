@@ -7,6 +7,7 @@ a route can answer is listed here with its content type and body schema.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from fastapi import FastAPI
@@ -162,15 +163,22 @@ METRICS = {
 
 
 def install_openapi(app: FastAPI) -> None:
-    """FastAPI's document plus the chat request body's schemas (in components, as a body model's)."""
+    """FastAPI's document plus the chat request body's schemas (in components, as a body model's),
+    without the HEAD operations of GET routes."""
 
     def document() -> dict:
         if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            with warnings.catch_warnings():  # a GET + HEAD route has one operation id for both methods
+                warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
+                spec = get_openapi(
+                    title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                )
             request = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(request.pop("$defs", {}))
             schemas["ChatCompletionRequest"] = request
+            for operations in spec["paths"].values():
+                operations.pop("head", None)  # HEAD is GET without the body (RFC 9110), not an operation
             app.openapi_schema = spec
         return app.openapi_schema
 
