@@ -74,7 +74,9 @@ def test_generate_reuses_the_cache_between_steps(model):
     handle = model.register_forward_pre_hook(spy, with_kwargs=True)
     try:
         with torch.no_grad():
-            model.generate(**inputs, budget=0.75, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+            model.generate(
+                **inputs, budget=0.75, max_new_tokens=4, do_sample=False, min_new_tokens=4, engine="hf"
+            )
     finally:
         handle.remove()
     assert seen[0] == 0 and all(length > 0 for length in seen[1:]) and len(seen) == 4

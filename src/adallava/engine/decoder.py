@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -46,6 +47,9 @@ from adallava.engine.generate import (
     stop_token_ids,
     to_left_padding,
 )
+from adallava.engine.lean.runner import LeanEngine, lean_generate
+from adallava.engine.lean.sampling import resolve_sampling
+from adallava.engine.lean.weights import unsupported_reason
 from adallava.engine.outputs import AdaLlavaOutput
 from adallava.engine.passes import Embedded, Pass
 from adallava.engine.sliced import SliceCache
@@ -208,18 +212,24 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         # round trip (.half().float()) can put the new weights at the old address (the CUDA caching
         # allocator reuses freed blocks) with the old version count, indistinguishable from before.
         result = super()._apply(fn, *args, **kwargs)
-        self.slices.clear()
+        self._clear_derived()
         return result
 
     def train(self, mode: bool = True):
         result = super().train(mode)  # sliced attention clones keep the flag they were built with
-        self.slices.clear()
+        self._clear_derived()
         return result
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         result = super().load_state_dict(state_dict, *args, **kwargs)
-        self.slices.clear()
+        self._clear_derived()
         return result
+
+    def _clear_derived(self) -> None:
+        """Drop what was derived from the weights (sliced layers, the lean engine's copies)."""
+        self.slices.clear()
+        if "_lean_engine" in self.__dict__:
+            self.lean_engine.clear()
 
     # ---- budgets ------------------------------------------------------------------------------
     @property
@@ -514,26 +524,85 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         return plan
 
     # ---- generation ---------------------------------------------------------------------------
+    @property
+    def lean_engine(self) -> LeanEngine:
+        """The lean engine's per-model state (weights read once, rotary tables)."""
+        engine = self.__dict__.get("_lean_engine")
+        if engine is None:
+            engine = self.__dict__["_lean_engine"] = LeanEngine()
+        return engine
+
+    def _choose_engine(self, engine: str | None, input_ids, kwargs: dict) -> str:
+        """The engine a generate call runs: "lean" by default where it can run this model on this call
+        (see `lean.weights.unsupported_reason`), else "hf"; an explicit "lean" it cannot run is an
+        error that says why."""
+        if engine not in (None, "lean", "hf"):
+            raise ValueError(f"engine must be 'lean' or 'hf', got {engine!r}")
+        if engine == "hf":
+            return engine
+        new = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 0
+        length = None if input_ids is None else input_ids.shape[1] + new + 1  # + the latency token
+        reason = unsupported_reason(self.text_model, length)
+        if reason is None and input_ids is None:
+            reason = "it needs input_ids (not inputs_embeds)"
+        if reason is None and self.training:
+            reason = "the model is in training mode (call model.eval())"
+        if reason is None:
+            return "lean"
+        if engine == "lean":
+            raise ValueError(f"the lean engine cannot run this call: {reason}; pass engine='hf'")
+        return "hf"
+
     def generate(self, input_ids=None, attention_mask=None, budget=None, plan: ExecutionPlan | None = None,
-                 **kwargs):  # fmt: skip
-        """HF `generate` with a per-row budget (or plan). The plan is made once at prefill and reused
+                 engine: str | None = None, **kwargs):  # fmt: skip
+        """Generation with a per-row budget (or plan). The plan is made once at prefill and reused
         for every new token. Right-padded batches are moved to left padding first (rows are rolled),
         so results do not depend on the padding side; returned sequences start with the prompt as
         given. With `return_dict_in_generate=True` the output (`AdaGenerateOutput`) also carries each
-        row's plan, budget, prefill FLOPs and decode FLOPs."""
+        row's plan, budget, prefill and decode FLOPs, and the prefill and decode wall-clock ms.
+
+        engine: "lean" (the default where the model's layers allow it: `engine.lean.runner`, greedy and
+        sampling) or "hf" (Hugging Face `generate`, for what the lean loop does not support, e.g.
+        beam search or repetition penalties; the lean engine names such options and points here)."""
         check_generate_kwargs(budget, kwargs)
+        engine = self._choose_engine(engine, input_ids, kwargs)
         original_ids = input_ids
         if input_ids is not None and attention_mask is not None:
             input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
         sink: dict = {}
-        out = super().generate(input_ids=input_ids, attention_mask=attention_mask, budget=budget, plan=plan,
-                               adallava_sink=sink, **kwargs)  # fmt: skip
         stops = stop_token_ids(kwargs, self.eos_token_ids)
+        if engine == "hf":
+            started = time.perf_counter()
+            out = super().generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                budget=budget,
+                plan=plan,
+                adallava_sink=sink,
+                **kwargs,
+            )
+            end = time.perf_counter()
+            first_token = sink.get("first_token", end)
+            sink["prefill_ms"], sink["decode_ms"] = (first_token - started) * 1e3, (end - first_token) * 1e3
+            return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
+        sampling, rest = resolve_sampling(self, input_ids.shape[1], kwargs, self.lean_engine.sampling_memo)
+        with torch.no_grad():
+            result = lean_generate(
+                self, input_ids, attention_mask, rest.get("pixel_values"), budget, plan, sampling, sink,
+                rest.get("streamer"), rest.get("stopping_criteria"), rest.get("generator"),
+            )  # fmt: skip
+        out = hf_compat.GenerateOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
+        sink["prefill_ms"], sink["decode_ms"] = result.prefill_ms, result.decode_ms
+        if not sampling.return_dict:
+            return generate_output(self, result.sequences, original_ids, input_ids, plan, sink, stops)
         return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
 
     def continue_generation(self, outputs, model_kwargs: dict) -> None:
         """After the prefill: freeze its plan for the remaining steps, and continue from the layout
         it ran (latency token inserted, visual tokens selected) rather than the prompt as given."""
+        sink = model_kwargs.get("adallava_sink")
+        if sink is not None and "first_token" not in sink:
+            sink["first_token"] = time.perf_counter()  # HF path: the prefill's forward has just run
         if getattr(outputs, "attention_mask", None) is not None:
             model_kwargs["attention_mask"] = outputs.attention_mask
             model_kwargs["position_ids"] = outputs.position_ids

@@ -68,6 +68,8 @@ def generate_output(model, out, original_ids, input_ids, plan, sink: dict, eos_t
         full_prefill_cost=sink.get("full_cost"),
         decode_cost=decode,
         prefill_tokens=sink.get("prefill_tokens"),
+        prefill_ms=sink.get("prefill_ms"),
+        decode_ms=sink.get("decode_ms"),
         **fields,
     )
 

@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 
 import torch
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
 from transformers.generation import BaseStreamer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
@@ -39,6 +39,8 @@ __all__ = [
     "attention_weights",
     "cache_kwargs",
     "cache_output",
+    "generation_config",
+    "generation_default",
     "causal_lm_loss",
     "causal_masks",
     "clip_image_processor_class",
@@ -160,6 +162,19 @@ class GenerativeModel(PreTrainedModel, GenerationMixin):
         return super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder, num_new_tokens
         )
+
+
+def generation_config(model, config, kwargs: dict):
+    """(the generation config, the kwargs it did not take) for a `generate` call, resolved as HF
+    `generate` resolves it: call kwargs over `config` (or `model.generation_config`) over HF's global
+    defaults. `GenerationMixin._prepare_generation_config`, 5.15-5.25."""
+    return model._prepare_generation_config(config, **kwargs)
+
+
+def generation_default(name: str):
+    """HF's global default of a generation option (what an unset option means in `generate`):
+    `GenerationConfig._get_default_generation_params`, 5.15-5.25."""
+    return GenerationConfig._get_default_generation_params().get(name)
 
 
 def causal_lm_loss(model: PreTrainedModel, logits, labels, vocab_size: int, **kwargs) -> torch.Tensor:

@@ -46,7 +46,9 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     `prefill_cost` / `full_prefill_cost` (what the prefill ran, and would with every layer) and
     `decode_cost` (the row's decoding steps up to and including its end-of-sequence token).
     `prefill_tokens`: long [B] positions each row's prefill cached (prompt, latency token), so that
-    `decode_cost` can price a row cut shorter than the batch (a server's per-request limit)."""
+    `decode_cost` can price a row cut shorter than the batch (a server's per-request limit).
+    `prefill_ms` / `decode_ms`: wall-clock of the prefill (up to the first new token) and of the
+    decoding steps after it, for the whole batch."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
@@ -54,3 +56,5 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     full_prefill_cost: BatchCost | None = None
     decode_cost: BatchCost | None = None
     prefill_tokens: torch.Tensor | None = None
+    prefill_ms: float | None = None
+    decode_ms: float | None = None

@@ -1,0 +1,371 @@
+"""The lean prefill and decode loop: one request batch from prompt to tokens with nothing rebuilt
+that did not change.
+
+Per request: the KV cache is preallocated per layer and per row group (rows that run a layer only),
+the rotary tables are cut once from a table kept per model, the key-validity mask is one bool tensor
+[B, L] updated in place, and the plan's `Program` (which rows run which layer, on which weights) is
+built once after the prefill. A decoding step is then an embedding lookup, the program's layers
+(`functional.decoder_layer`), the final norm and the LM head. Rows that finish (end of sequence, or a
+stopping criterion such as a client that left) are dropped from the running batch, their cache rows
+with them, so finished work is not computed.
+
+The prefill shares the adaptive decoder's own stages (embedding, latency token, scheduler, pricing),
+so plans and costs are those of `forward`; only the layers are run here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from adallava.core.plan import ExecutionPlan
+from adallava.engine.lean.functional import decoder_layer, rms_norm, rotary_tables
+from adallava.engine.lean.program import Program, Unit, layer_row_sets
+from adallava.engine.lean.sampling import Sampling, choose_tokens, process_logits
+from adallava.engine.lean.weights import WeightsCache
+
+
+class LeanEngine:
+    """Per-model state of the lean engine: layer weights read once (and re-read when they change)
+    and the rotary tables, computed once for the longest request so far."""
+
+    def __init__(self):
+        self.weights = WeightsCache()
+        self._rotary: tuple | None = None  # (stamp, cos [P, Dh], sin [P, Dh])
+        self.sampling_memo: dict = {}  # resolved generation options (`sampling.resolve_sampling`)
+
+    def clear(self) -> None:
+        self.weights.clear()
+        self._rotary = None
+        self.sampling_memo.clear()
+
+    def rotary_tables(self, text_model, positions: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, signed sin (`functional.rotary_tables`) [P >= positions, Dh] for positions 0..P-1 as the
+        HF rotary module computes them (its scaling included); a position's table does not depend on
+        the others."""
+        rotary = text_model.rotary_emb
+        inv_freq = getattr(rotary, "inv_freq", None)
+        stamp = (dtype, device, None if inv_freq is None else (inv_freq.data_ptr(), inv_freq._version))
+        if self._rotary is None or self._rotary[0] != stamp or self._rotary[1].shape[0] < positions:
+            size = max(positions, 256 if self._rotary is None else 2 * self._rotary[1].shape[0])
+            probe = torch.zeros(1, 1, 1, dtype=dtype, device=device)
+            ids = torch.arange(size, device=device)[None]
+            cos, sin = rotary(probe, position_ids=ids)
+            self._rotary = (stamp, *rotary_tables(cos[0], sin[0]))
+        return self._rotary[1], self._rotary[2]
+
+
+@dataclass
+class LeanResult:
+    """What a lean generate call produced: sequences [B, T + G] (prompt as run, then new tokens),
+    per-step raw logits / processed scores when asked for, and the wall-clock split."""
+
+    sequences: torch.Tensor
+    logits: tuple | None
+    scores: tuple | None
+    prefill_ms: float
+    decode_ms: float
+
+
+class _Batch:
+    """The running batch: its rows' KV caches (inside the program's units), key validity, next
+    positions, and which original rows they are."""
+
+    def __init__(
+        self, model, program: Program, valid: torch.Tensor, next_positions: torch.Tensor, length: int
+    ):
+        self.model, self.program = model, program
+        self.valid = valid  # bool [B, L]: cache positions each row may attend to
+        self.next_positions = next_positions  # long [B]: rotary position of each row's next token
+        self.length = length  # cache positions filled (the same for every row: left padding)
+        self.has_pads = not bool(valid[:, :length].all())
+        self.original_rows = torch.arange(valid.shape[0], device=valid.device)  # long [B]
+
+    @property
+    def size(self) -> int:
+        return self.valid.shape[0]
+
+    def drop(self, keep: torch.Tensor) -> None:
+        """Keep only the rows with keep[b] True (bool [B]), in every cache slot and row group."""
+        kept = keep.nonzero().flatten()
+        new_index = torch.cumsum(keep.long(), 0) - 1  # old row -> new row
+        for group in self.program.groups.values():
+            if group.rows is None:
+                group.keep = kept
+            else:
+                inside = keep.index_select(0, group.rows)  # bool [R]
+                group.keep = inside.nonzero().flatten()
+                group.rows = new_index.index_select(0, group.rows.index_select(0, group.keep))
+        for units in self.program.layers:
+            for unit in units:
+                if unit.keys is not None:
+                    unit.keys = unit.keys.index_select(0, unit.group.keep)
+                    unit.values = unit.values.index_select(0, unit.group.keep)
+        for group in self.program.groups.values():
+            del group.keep
+        self.valid = self.valid.index_select(0, kept)
+        self.next_positions = self.next_positions.index_select(0, kept)
+        self.original_rows = self.original_rows.index_select(0, kept)
+
+
+def run_layers(program: Program, hidden: torch.Tensor, start: int, layers: range) -> torch.Tensor:
+    """Layers `layers` of the program on hidden [B, T, D], new keys written at cache position `start`."""
+    for index in layers:
+        for unit in program.layers[index]:
+            group = unit.group
+            if group.rows is not None and group.rows.numel() == 0:
+                continue  # every row of this group has finished
+            rows_hidden = group.take(hidden)
+            out = decoder_layer(
+                unit.weights,
+                rows_hidden,
+                group.cos,
+                group.sin,
+                unit.keys,
+                unit.values,
+                start,
+                group.mask,
+                causal=True,
+            )
+            hidden = out if group.rows is None else hidden.index_copy(0, group.rows, out)
+    return hidden
+
+
+def set_step_inputs(
+    program: Program, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+) -> None:
+    """Cut this step's rotary tables [B, 1, T, Dh] and mask [B, 1, T, S] to each row group."""
+    for group in program.groups.values():
+        group.cos, group.sin, group.mask = group.take(cos), group.take(sin), group.take(mask)
+
+
+def lean_generate(
+    model,
+    input_ids,
+    attention_mask,
+    pixel_values,
+    budget,
+    plan,
+    sampling: Sampling,
+    sink: dict,
+    streamer=None,
+    stopping_criteria=None,
+    generator=None,
+) -> LeanResult:
+    """Prefill then decode, greedy or sampled, for a left-padded batch. `sink` receives the prefill's
+    plan, budget and costs (as `forward` records them for HF `generate`)."""
+    started = time.perf_counter()
+    engine = model.lean_engine
+    text_model = model.text_model
+    base_mode = budget is None and plan is None
+    batch = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    # HF generate's positions for a left-padded prompt: count real tokens (padding at 0).
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    run = model._embed_inputs(
+        input_ids, pixel_values, None, attention_mask, position_ids, None, None, 0, use_cache=False
+    )
+    if budget is not None:
+        model._insert_latency_token(run, budget)
+    else:
+        full = ExecutionPlan.full(run.batch, model.num_layers) if plan is None else plan
+        run.plan = model._check_plan(full, run.batch, run.hidden.device)
+    hidden = run.hidden
+    device, dtype = hidden.device, hidden.dtype
+    length = hidden.shape[1]
+    max_length = length + sampling.max_new_tokens
+    valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
+    valid[:, :length] = run.attention_mask.bool()
+    cos_table, sin_table = engine.rotary_tables(
+        text_model, int(run.position_ids.max()) + sampling.max_new_tokens + 1, dtype, device
+    )
+    positions = run.position_ids  # [B, T]
+    cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]  # [B, 1, T, Dh]
+    batch_state = _Batch(model, Program(), valid, positions[:, -1] + 1, length)
+    mask = None
+    if batch_state.has_pads:
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        # Padding rows attend to themselves only (a fully masked row would give NaN in SDPA).
+        eye = torch.eye(length, dtype=torch.bool, device=device)
+        mask = (causal & valid[:, None, None, :length]) | eye  # [B, 1, T, T]
+    program = batch_state.program
+    start_upper = 0
+    if run.plan is None:  # budget: the prefix runs for every row, then the scheduler plans
+        _add_units(model, program, engine, range(model.num_prefix), None, batch, max_length, dtype, device)
+        set_step_inputs(program, cos, sin, mask)
+        hidden = run_layers(program, hidden, 0, range(model.num_prefix))
+        run.hidden = hidden
+        model._plan(run, False, None)
+        start_upper = model.num_prefix
+    _add_units(
+        model,
+        program,
+        engine,
+        range(start_upper, model.num_layers),
+        run.plan,
+        batch,
+        max_length,
+        dtype,
+        device,
+    )
+    set_step_inputs(program, cos, sin, mask)
+    hidden = run_layers(program, hidden, 0, range(start_upper, model.num_layers))
+    logits = _head(model, text_model, hidden[:, -1])  # [B, V]
+    run.hidden = hidden
+    model._price_pass(run, 1, sink)
+    if base_mode:
+        sink["plan"], sink["budget"] = None, None
+    decoded = _decode(
+        model,
+        batch_state,
+        input_ids,
+        logits,
+        sampling,
+        streamer,
+        stopping_criteria,
+        generator,
+        cos_table,
+        sin_table,
+    )
+    sequences = torch.cat([input_ids, decoded.tokens.to(input_ids.device)], dim=1)
+    return LeanResult(
+        sequences,
+        decoded.logits,
+        decoded.scores,
+        (decoded.first_token - started) * 1e3,
+        (decoded.end - decoded.first_token) * 1e3,
+    )
+
+
+@dataclass
+class _Decoded:
+    tokens: torch.Tensor  # long [B, G]
+    logits: tuple | None
+    scores: tuple | None
+    first_token: float  # perf_counter time the first new token was chosen (end of the prefill)
+    end: float
+
+
+def _decode(
+    model,
+    state: _Batch,
+    prompt_ids,
+    logits,
+    sampling: Sampling,
+    streamer,
+    stopping_criteria,
+    generator,
+    cos_table,
+    sin_table,
+) -> _Decoded:
+    """The decode loop from the prefill's logits [B, V]; prompt_ids [B, T] (what stopping criteria see
+    before the new tokens)."""
+    text_model = model.text_model
+    embed = model.get_input_embeddings().weight
+    batch, device = logits.shape[0], logits.device
+    new_tokens = torch.full(
+        (batch, sampling.max_new_tokens), sampling.pad_token_id, dtype=torch.long, device=device
+    )
+    all_logits, all_scores = [], []
+    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    prefill_end = None
+    produced = 0
+    for step in range(sampling.max_new_tokens):
+        logits = logits.float()
+        scores = process_logits(logits, sampling, step)
+        chosen = choose_tokens(scores, sampling, generator)  # [B'] running rows
+        rows = state.original_rows
+        full_logits = full_scores = None
+        if sampling.output_logits or sampling.output_scores or stopping_criteria is not None:
+            full_logits = logits.new_zeros(batch, logits.shape[-1]).index_copy(0, rows, logits)
+            full_scores = scores.new_zeros(batch, scores.shape[-1]).index_copy(0, rows, scores)
+        if sampling.output_logits:
+            all_logits.append(full_logits)
+        if sampling.output_scores:
+            all_scores.append(full_scores)
+        new_tokens[rows, step] = chosen
+        produced = step + 1
+        if prefill_end is None:
+            prefill_end = time.perf_counter()
+        if streamer is not None:
+            streamer.put(new_tokens[:, step].cpu())
+        done = torch.isin(chosen, eos) if eos.numel() else torch.zeros_like(chosen, dtype=torch.bool)
+        if stopping_criteria is not None:
+            sequences = torch.cat([prompt_ids, new_tokens[:, :produced].to(prompt_ids.device)], dim=1)
+            done = done | stopping_criteria(sequences, full_scores).to(device).index_select(0, rows)
+        if bool(done.all()) or produced == sampling.max_new_tokens:
+            break
+        if bool(done.any()):
+            keep = ~done
+            state.drop(keep)
+            chosen = chosen[keep]
+        # one decoding step for the running rows
+        position = state.next_positions  # [B']
+        state.valid[:, state.length] = True
+        cos = cos_table[position][:, None, None]  # [B', 1, 1, Dh]
+        sin = sin_table[position][:, None, None]
+        mask = state.valid[:, None, None, : state.length + 1] if state.has_pads else None
+        set_step_inputs(state.program, cos, sin, mask)
+        hidden = torch.nn.functional.embedding(chosen, embed)[:, None]  # [B', 1, D]
+        hidden = run_layers(state.program, hidden, state.length, range(model.num_layers))
+        logits = _head(model, text_model, hidden[:, -1])
+        state.length += 1
+        state.next_positions = position + 1
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    end = time.perf_counter()
+    if streamer is not None:
+        streamer.end()
+    return _Decoded(
+        new_tokens[:, :produced],
+        tuple(all_logits) if sampling.output_logits else None,
+        tuple(all_scores) if sampling.output_scores else None,
+        prefill_end or end,
+        end,
+    )
+
+
+def _head(model, text_model, hidden: torch.Tensor) -> torch.Tensor:
+    """Final norm and LM head on the last position's hidden states [B, D] -> logits [B, V]."""
+    norm = text_model.norm
+    head = model.base.lm_head
+    return torch.nn.functional.linear(
+        rms_norm(hidden, norm.weight, norm.variance_epsilon), head.weight, head.bias
+    )
+
+
+def _add_units(
+    model, program: Program, engine, layers: range, plan, batch: int, max_length: int, dtype, device
+) -> None:
+    """Program entries for `layers`: every row (plan None) or the row sets the plan gives, each with
+    its weights and a preallocated KV slot [R, Hkv, L, Dh]."""
+    text_model = model.text_model
+    while len(program.layers) < layers.stop:
+        program.layers.append([])
+    for index in layers:
+        layer = text_model.layers[index]
+        sets = [(None, None, None)] if plan is None else layer_row_sets(plan, index)
+        units = []
+        for rows, heads, mlp in sets:
+            if heads is None:
+                weights = engine.weights.get(layer)
+            else:
+                weights = engine.weights.get(
+                    model.slices.get(index, layer, model._geometry_for(plan), heads, mlp)
+                )
+            group = program.group(None if rows is None else rows.to(device), batch)
+            size = batch if group.rows is None else group.rows.numel()
+            keys = values = None
+            if weights.num_kv_heads:
+                shape = (size, weights.num_kv_heads, max_length, weights.head_dim)
+                keys = torch.empty(shape, dtype=dtype, device=device)
+                values = torch.empty(shape, dtype=dtype, device=device)
+            units.append(Unit(weights, group, keys, values))
+        program.layers[index] = units
