@@ -115,6 +115,16 @@ def _errors(*statuses: int) -> dict[int, dict]:
     return {status: {"model": ErrorResponse, "description": what[status]} for status in statuses}
 
 
+# One server-sent event (OpenAPI before 3.2 gives an event stream's schema per event): its data line is a
+# chat.completion.chunk as JSON, an error body, or [DONE].
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "a chat.completion.chunk or an error as JSON, or [DONE]"},
+        "event": {"type": "string"},
+    },
+}
 CHAT = {
     "summary": "a chat completion under a budget",
     "response_model": None,
@@ -122,7 +132,7 @@ CHAT = {
         200: {
             "model": ChatCompletion,
             "description": "the answer, or with `stream` server-sent events of chat.completion.chunk",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
         **_errors(400, 401, 404, 413, 415, 429, 500, 503, 504),
     },
