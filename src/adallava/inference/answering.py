@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,7 +51,9 @@ class Answer:
     is the share of head units and MLP groups on over all layers (None for layer plans). `budget` is
     the fraction the row ran under (None: the base model or an explicit plan). `completion_tokens`
     counts the end-of-sequence token when the model wrote one (it was computed); `token_ids` / `text`
-    leave it out. `unknown_words`: the prompt's words the tokenizer read as its unknown token."""
+    leave it out. `unknown_words`: the prompt's words the tokenizer read as its unknown token.
+    `prefill_ms` / `decode_ms` / `total_ms`: wall-clock of the generate call that produced the answer
+    (the whole batch's): its prefill up to the first new token, its decoding steps, and the call."""
 
     text: str
     token_ids: list[int]
@@ -66,6 +68,10 @@ class Answer:
     full_prefill_flops: dict[str, float]
     decode_flops: dict[str, float]
     unknown_words: tuple[str, ...] = ()
+    # wall-clock is not part of what an answer is: equal answers may take different times
+    prefill_ms: float | None = field(default=None, compare=False)
+    decode_ms: float | None = field(default=None, compare=False)
+    total_ms: float | None = field(default=None, compare=False)
 
 
 def encode(
@@ -149,6 +155,7 @@ def answer_batch(
     bad budget, or for budgets on a model without a trained scheduler (`check_scheduler_trained`)."""
     _check_rows(model, prompts, budgets, max_new_tokens, plan)
     inputs, pad = _inputs(model, processor, prompts)
+    started = time.perf_counter()
     out = model.generate(
         **inputs,
         budget=_budget(budgets),
@@ -160,6 +167,7 @@ def answer_batch(
         return_dict_in_generate=True,
         **generate_kwargs,
     )
+    total_ms = (time.perf_counter() - started) * 1e3
     new = out.sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [B, G]
     limits = torch.tensor(list(max_new_tokens))  # [B]
     produced = torch.minimum(model.produced_tokens(new), limits)  # [B] tokens each row computed
@@ -185,6 +193,9 @@ def answer_batch(
                 full_prefill_flops=_flops(out.full_prefill_cost, row),
                 decode_flops=_flops(decode, row),
                 unknown_words=prompt.unknown_words,
+                prefill_ms=out.prefill_ms,
+                decode_ms=out.decode_ms,
+                total_ms=total_ms,
             )
         )
     return answers
@@ -260,8 +271,10 @@ def _flops(cost, row: int) -> dict[str, float]:
 
 
 def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
-    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms,
-    unknown_words (the words of the prompt the tokenizer read as its unknown token)}."""
+    """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms (the
+    whole call), prefill_ms, decode_ms, generate_ms (the model's generate call), completion_tokens,
+    unknown_words (the
+    words of the prompt the tokenizer read as its unknown token)}."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
     prompt = encode(processor, chat_prompt(processor, question), [image])
@@ -276,5 +289,9 @@ def ask(model, processor, image: Image.Image, question: str, budget, max_new_tok
         "full_flops": answer.full_prefill_flops,
         "decode_flops": answer.decode_flops,
         "ms": ms,
+        "prefill_ms": answer.prefill_ms,
+        "decode_ms": answer.decode_ms,
+        "generate_ms": answer.total_ms,
+        "completion_tokens": answer.completion_tokens,
         "unknown_words": list(answer.unknown_words),
     }
