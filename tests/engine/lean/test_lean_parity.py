@@ -42,7 +42,9 @@ def both(model, inputs, **kwargs):
     common = dict(do_sample=False, return_dict_in_generate=True, output_logits=True, output_scores=True)
     common |= kwargs
     with torch.no_grad():
-        return model.generate(**inputs, engine="hf", **common), model.generate(**inputs, engine="lean", **common)
+        return model.generate(**inputs, engine="hf", **common), model.generate(
+            **inputs, engine="lean", **common
+        )
 
 
 def assert_same(hf, lean, eos=None):
@@ -96,10 +98,18 @@ def test_end_of_sequence_mid_batch(layer_model):
     """Catches: a finished row dropped from the batch taking other rows' caches or tokens with it."""
     inputs = tiny_inputs(layer_model.config, [5, 9, 3], padding_side="left", seed=4)
     with torch.no_grad():
-        first = layer_model.generate(**inputs, budget=[0.5, 1.0, 0.75], max_new_tokens=6, min_new_tokens=6,
-                                     do_sample=False, engine="hf")  # fmt: skip
+        first = layer_model.generate(
+            **inputs,
+            budget=[0.5, 1.0, 0.75],
+            max_new_tokens=6,
+            min_new_tokens=6,
+            do_sample=False,
+            engine="hf",
+        )
     eos = int(first[1, inputs["input_ids"].shape[1] + 1])  # row 1's second new token ends it
-    hf, lean = both(layer_model, inputs, budget=[0.5, 1.0, 0.75], max_new_tokens=6, eos_token_id=eos, pad_token_id=0)
+    hf, lean = both(
+        layer_model, inputs, budget=[0.5, 1.0, 0.75], max_new_tokens=6, eos_token_id=eos, pad_token_id=0
+    )
     new = lean.sequences[:, inputs["input_ids"].shape[1] :]
     assert int((new[1] == eos).nonzero()[0]) <= 1 and (new[1, 2:] == 0).all()
     assert_same(hf, lean, eos)
@@ -119,8 +129,18 @@ def test_seeded_sampling_equals_hf(layer_model):
     for engine in ("hf", "lean"):
         torch.manual_seed(7)
         with torch.no_grad():
-            outs.append(layer_model.generate(**inputs, budget=[0.75, 1.0], max_new_tokens=6, do_sample=True,
-                                             temperature=0.7, top_k=20, top_p=0.9, engine=engine))  # fmt: skip
+            outs.append(
+                layer_model.generate(
+                    **inputs,
+                    budget=[0.75, 1.0],
+                    max_new_tokens=6,
+                    do_sample=True,
+                    temperature=0.7,
+                    top_k=20,
+                    top_p=0.9,
+                    engine=engine,
+                )
+            )
     assert outs[0].tolist() == outs[1].tolist()
 
 
@@ -148,7 +168,9 @@ def test_decoder_layer_equals_hf_layer():
         cos, sin = text.rotary_emb(longer, position_ids=positions)
         full = layer(longer, attention_mask=None, position_embeddings=(cos, sin), position_ids=positions)
         c, s = rotary_tables(cos[:, 7:], sin[:, 7:])
-        step = decoder_layer(weights, longer[:, 7:], c[:, None], s[:, None], keys, values, 7, None, causal=True)
+        step = decoder_layer(
+            weights, longer[:, 7:], c[:, None], s[:, None], keys, values, 7, None, causal=True
+        )
         assert torch.allclose(step[:, 0], full[:, 7], atol=1e-5, rtol=0)
 
 
@@ -169,7 +191,9 @@ def test_stopping_a_row_leaves_the_others_unchanged(layer_model):
     or still producing tokens."""
     inputs = tiny_inputs(layer_model.config, [4, 6, 5], padding_side="left", seed=8)
     width = inputs["input_ids"].shape[1]
-    kwargs = dict(budget=[0.6, 1.0, 0.75], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+    kwargs = dict(
+        budget=[0.6, 1.0, 0.75], max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0
+    )
     with torch.no_grad():
         plain = layer_model.generate(**inputs, engine="lean", **kwargs)
         stopped = layer_model.generate(
@@ -180,7 +204,8 @@ def test_stopping_a_row_leaves_the_others_unchanged(layer_model):
         )
     assert stopped.tolist() == hf.tolist()
     assert stopped[[0, 2]].tolist() == plain[[0, 2]].tolist()
-    assert (stopped[1, width + 2 :] == 0).all() and stopped[1, : width + 2].tolist() == plain[1, : width + 2].tolist()
+    assert (stopped[1, width + 2 :] == 0).all()
+    assert stopped[1, : width + 2].tolist() == plain[1, : width + 2].tolist()
 
 
 def test_streamer_sees_the_same_tokens(layer_model):
@@ -201,8 +226,14 @@ def test_streamer_sees_the_same_tokens(layer_model):
     for engine in ("hf", "lean"):
         recorder = Recorder()
         with torch.no_grad():
-            layer_model.generate(**inputs, budget=[0.6, 1.0], max_new_tokens=4, do_sample=False, streamer=recorder,
-                                 engine=engine)  # fmt: skip
+            layer_model.generate(
+                **inputs,
+                budget=[0.6, 1.0],
+                max_new_tokens=4,
+                do_sample=False,
+                streamer=recorder,
+                engine=engine,
+            )
         seen.append(recorder.values)
     assert seen[0] == seen[1]
 
@@ -233,6 +264,12 @@ def test_timings_are_reported(layer_model):
     inputs = tiny_inputs(layer_model.config, [4], padding_side="left", seed=13)
     for engine in ("hf", "lean"):
         with torch.no_grad():
-            out = layer_model.generate(**inputs, budget=0.75, max_new_tokens=3, min_new_tokens=3, engine=engine,
-                                       return_dict_in_generate=True)  # fmt: skip
+            out = layer_model.generate(
+                **inputs,
+                budget=0.75,
+                max_new_tokens=3,
+                min_new_tokens=3,
+                engine=engine,
+                return_dict_in_generate=True,
+            )
         assert out.prefill_ms > 0 and out.decode_ms > 0

@@ -85,8 +85,8 @@ def print_summary(result: dict) -> None:
     print(f"budget: {budget}   layers run: {strip} ({len(layers)}/{n})")
     print(f"prefill FLOPs: LLM {llm / 1e6:.2f}M of {full / 1e6:.2f}M ({llm / full:.3f}), total "
           f"{result['flops']['total'] / 1e6:.2f}M of {result['full_flops']['total'] / 1e6:.2f}M")  # fmt: skip
-    print(f"time: {result['ms']:.1f} ms (prefill {result['prefill_ms']:.1f} ms, decode {result['decode_ms']:.1f} ms, "
-          f"{result['completion_tokens']} new tokens)")  # fmt: skip
+    print(f"time: {result['ms']:.1f} ms (prefill {result['prefill_ms']:.1f} ms, decode "
+          f"{result['decode_ms']:.1f} ms, {result['completion_tokens']} new tokens)")  # fmt: skip
     if result["unknown_words"]:
         print(f"unknown words: {', '.join(result['unknown_words'])} (not in the model's vocabulary: it read "
               "them as its unknown token; rephrase with words it knows)")  # fmt: skip
