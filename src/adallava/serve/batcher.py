@@ -86,18 +86,20 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batch_observers: list = []
+        self.waiting: set[Job] = set()  # submitted, not yet taken into a batch
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not yet in a batch)."""
-        return self.queue.qsize() if self.queue is not None else 0
+        """Requests waiting for the model (not yet in a batch), not counting those whose client left:
+        they still sit in the queue until the batcher reaches them, but hold no place in it."""
+        return sum(not job.cancelled for job in self.waiting)
 
     def on_batch(self, observer) -> None:
         """Call `observer(size)` for each batch handed to the model."""
         self._batch_observers.append(observer)
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue(maxsize=self.settings.max_queue)
+        self.queue = asyncio.Queue()  # bounded by `depth` in `submit`
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adallava-model")
         self._task = asyncio.create_task(self._batches())
 
@@ -111,10 +113,7 @@ class Batcher:
                 code="shutting_down",
                 headers={"Connection": "close"},
             )
-        job = Job(prompt, budget, max_tokens, stream, asyncio.get_running_loop())
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self.depth >= self.settings.max_queue:
             raise APIError(
                 429,
                 f"the server is at capacity: {self.settings.max_queue} requests are already waiting "
@@ -122,7 +121,10 @@ class Batcher:
                 type="rate_limit_error",
                 code="queue_full",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
+            )
+        job = Job(prompt, budget, max_tokens, stream, asyncio.get_running_loop())
+        self.waiting.add(job)
+        self.queue.put_nowait(job)
         return job
 
     def begin_closing(self) -> None:
@@ -144,10 +146,14 @@ class Batcher:
         wait = self.settings.batch_wait_ms / 1e3
         while True:
             batch = [await self.queue.get()]
-            if wait > 0 and self.queue.qsize() + 1 < self.settings.max_batch_size:
+            if wait > 0 and self.depth < self.settings.max_batch_size:
                 await asyncio.sleep(wait)  # let requests that arrive together join this batch
-            while len(batch) < self.settings.max_batch_size and not self.queue.empty():
+            while (
+                sum(not job.cancelled for job in batch) < self.settings.max_batch_size
+                and not self.queue.empty()
+            ):
                 batch.append(self.queue.get_nowait())
+            self.waiting.difference_update(batch)
             live = [job for job in batch if not job.cancelled]
             for job in live:
                 job.started = True
