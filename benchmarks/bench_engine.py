@@ -53,6 +53,10 @@ SCENE = Path(__file__).resolve().parents[1] / "examples" / "scene.png"
 SCALING_LIMIT = {"bundled": 1.15, "stack": 1.05}
 SPEEDUP_LIMIT = {"bundled": 3.0}
 QUIET_LOAD = 0.5
+FLOOR_LABELS = {
+    "floor": "floor: bare matmuls (7 per layer + LM head)",
+    "floor_engine_matmuls": "floor: the lean engine's matmuls (q|k|v, o, gate|up, down)",
+}
 
 
 def load_average() -> float:
@@ -147,30 +151,58 @@ def probe_path(model, inputs: dict, options: dict, new_tokens: int) -> tuple[str
     return "ok", (time.perf_counter() - start) * 1e3
 
 
-class Floor:
-    """The bare matmuls of a layer plan: for each executed layer the seven projections, then the LM
-    head on the last position, on `prefill_tokens` tokens, then `steps` times on one token."""
+def separate_projections(model, index: int) -> list[tuple]:
+    """(weight [out, in], bias) of layer `index`'s seven projections, as the HF modules hold them."""
+    layer = model.text_model.layers[index]
+    attention, mlp = layer.self_attn, layer.mlp
+    modules = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
+    modules += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    return [(m.weight.detach(), None if m.bias is None else m.bias.detach()) for m in modules]
 
-    def __init__(self, model, executed: list[int], prefill_tokens: int, steps: int):
-        layers = model.text_model.layers
+
+def engine_projections(model, index: int) -> list[tuple]:
+    """(weight, bias) of layer `index`'s projections as the lean engine multiplies them: q/k/v and
+    gate/up concatenated where its weights cache fuses them (small layers), separate otherwise."""
+    weights = model.lean_engine.weights.get(model.text_model.layers[index])
+
+    def split(weight, bias) -> list[tuple]:
+        if isinstance(weight, torch.Tensor):
+            return [(weight, bias)]
+        return list(zip(weight, bias, strict=True))
+
+    return (
+        split(weights.qkv, weights.qkv_bias)
+        + [(weights.o, weights.o_bias)]
+        + split(weights.gate_up, weights.gate_up_bias)
+        + [(weights.down, weights.down_bias)]
+    )
+
+
+def engine_fuses(model) -> bool:
+    """Whether the lean engine concatenates the first layer's projections (`engine_projections`)."""
+    return len(engine_projections(model, 0)) < 7
+
+
+class Floor:
+    """The bare matmuls of a layer plan: for each executed layer its projections (`projections`),
+    then the LM head on the last position, on `prefill_tokens` tokens, then `steps` times on one
+    token."""
+
+    def __init__(self, model, executed: list[int], prefill_tokens: int, steps: int, projections):
         generator = torch.Generator().manual_seed(0)
         self.linears = []  # (weight [out, in], bias, prefill input [1, T, in], step input [1, 1, in])
         for index in executed:
-            attention, mlp = layers[index].self_attn, layers[index].mlp
-            modules = [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj]
-            modules += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            for module in modules:
-                self.linears.append(self._entry(module, prefill_tokens, generator))
-        self.head = self._entry(model.base.lm_head, 1, generator)
+            for weight, bias in projections(model, index):
+                self.linears.append(self._entry(weight, bias, prefill_tokens, generator))
+        head = model.base.lm_head
+        bias = None if head.bias is None else head.bias.detach()
+        self.head = self._entry(head.weight.detach(), bias, 1, generator)
         self.steps = steps
         self.prefill, self.decode, self.total = [], [], []
 
     @staticmethod
-    def _entry(module, tokens: int, generator) -> tuple:
-        weight = module.weight.detach()
-        bias = None if module.bias is None else module.bias.detach()
-        width = weight.shape[1]
-        prefill = torch.randn(1, tokens, width, generator=generator).to(weight.dtype)
+    def _entry(weight, bias, tokens: int, generator) -> tuple:
+        prefill = torch.randn(1, tokens, weight.shape[1], generator=generator).to(weight.dtype)
         return weight, bias, prefill, prefill[:, -1:].contiguous()
 
     @torch.no_grad()
@@ -219,32 +251,41 @@ def bench_model(name: str, args) -> dict:
         for budget in BUDGETS
         for path in paths
     }
-    # The floor follows the plan the budget gives (read from one call before timing).
+    # The floor follows the plan the budget gives (read from one call before timing). Where the lean
+    # engine fuses projections (small layers), a second floor multiplies as it does.
+    variants = {"floor": separate_projections}
+    if engine_fuses(model):
+        variants["floor_engine_matmuls"] = engine_projections
     floors = {}
     for budget in BUDGETS:
         probe = Recorder(model, inputs, budget, PATHS[paths[0]], args.new_tokens)
         probe()
         executed = probe.out.plan.executed_layers()[0]
         prefill_tokens = int(probe.out.prefill_tokens[0])
-        floors[budget] = Floor(model, executed, prefill_tokens, args.new_tokens - 1)
+        for variant, projections in variants.items():
+            floors[(variant, budget)] = Floor(
+                model, executed, prefill_tokens, args.new_tokens - 1, projections
+            )
     timed = {f"{path}@{budget}": call for (path, budget), call in calls.items()}
-    timed |= {f"floor@{budget}": floor for budget, floor in floors.items()}
+    timed |= {f"{variant}@{budget}": floor for (variant, budget), floor in floors.items()}
     time_interleaved(timed, args.repeats, args.warmup)
     for call in timed.values():
         call.drop_warmup(args.warmup)
 
     rows, floor_rows = [], []
     for budget in BUDGETS:
-        floor = floors[budget]
-        floor_rows.append(
-            {
-                "budget": budget,
-                "total_ms": spread(floor.total),
-                "prefill_ms": spread(floor.prefill),
-                "decode_ms": spread(floor.decode),
-                "matmuls_per_pass": len(floor.linears) + 1,
-            }
-        )
+        for variant in variants:
+            floor = floors[(variant, budget)]
+            floor_rows.append(
+                {
+                    "variant": variant,
+                    "budget": budget,
+                    "total_ms": spread(floor.total),
+                    "prefill_ms": spread(floor.prefill),
+                    "decode_ms": spread(floor.decode),
+                    "matmuls_per_pass": len(floor.linears) + 1,
+                }
+            )
         for path in paths:
             call = calls[(path, budget)]
             reference = calls[(paths[0], budget)]
@@ -261,7 +302,9 @@ def bench_model(name: str, args) -> dict:
                 "decode_ms": spread(call.decode),
                 "flops": flops(call.out),
             }
-            row["vs_floor"] = row["total_ms"]["median"] / floor_rows[-1]["total_ms"]["median"]
+            for variant in variants:
+                floor_median = statistics.median(floors[(variant, budget)].total)
+                row[f"vs_{variant}"] = row["total_ms"]["median"] / floor_median
             rows.append(row)
 
     def row(path: str, budget: float) -> dict:
@@ -277,7 +320,11 @@ def bench_model(name: str, args) -> dict:
             limit = SCALING_LIMIT[name]
             entry |= {"limit": limit, "pass": 1 / limit <= wall / ideal <= limit}
         scaling[path] = entry
-    floor_scaling = floor_rows[0]["total_ms"]["median"] / floor_rows[-1]["total_ms"]["median"]
+    floor_scaling = {
+        variant: statistics.median(floors[(variant, 0.5)].total)
+        / statistics.median(floors[(variant, 1.0)].total)
+        for variant in variants
+    }
     speedup = None
     if "hf" in paths and "lean" in paths:
         value = row("hf", 1.0)["total_ms"]["median"] / row("lean", 1.0)["total_ms"]["median"]
@@ -335,15 +382,17 @@ def plot(models: list[dict], figure_path: Path) -> Path | None:
             full = rows[-1]
             ideal = [full["total_ms"]["median"] * r["flops"]["total"] / full["flops"]["total"] for r in rows]
             axis.plot(budgets, ideal, linestyle=":", color=color, label=f"{path}: FLOPs-ideal")
-        floor = result["floor"]
-        axis.plot(
-            [f["budget"] for f in floor],
-            [f["total_ms"]["median"] for f in floor],
-            marker="s",
-            color="black",
-            linestyle="--",
-            label="floor (bare matmuls)",
-        )
+        for variant, style in (("floor", "--"), ("floor_engine_matmuls", "-.")):
+            floor = [f for f in result["floor"] if f["variant"] == variant]
+            if floor:
+                axis.plot(
+                    [f["budget"] for f in floor],
+                    [f["total_ms"]["median"] for f in floor],
+                    marker="s",
+                    color="black",
+                    linestyle=style,
+                    label=FLOOR_LABELS[variant],
+                )
         axis.set_yscale("log")
         axis.set_xlabel("budget")
         axis.set_ylabel(f"ms per answer (prefill + {result['rows'][0]['new_tokens']} tokens)")
@@ -368,21 +417,34 @@ def print_tables(payload: dict) -> None:
         for path, status in result["paths"].items():
             if status != "ok":
                 print(f"- {path}: {status}")
-        print("\n| path | budget | layers | total ms (p10-p90) | prefill ms | decode ms | GFLOPs | x floor |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        variants = list(dict.fromkeys(f["variant"] for f in result["floor"]))
+        print(
+            "\n| path | budget | layers | total ms (p10-p90) | min | prefill ms | decode ms | GFLOPs | "
+            + " | ".join(f"x {v}" for v in variants)
+            + " |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(variants))
         for row in result["rows"]:
             total = row["total_ms"]
             print(
                 f"| {row['path']} | {row['budget']} | {len(row['executed_layers'])} | "
-                f"{total['median']:.2f} ({total['p10']:.2f}-{total['p90']:.2f}) | "
+                f"{total['median']:.2f} ({total['p10']:.2f}-{total['p90']:.2f}) | {total['min']:.2f} | "
                 f"{row['prefill_ms']['median']:.2f} | {row['decode_ms']['median']:.2f} | "
-                f"{row['flops']['total'] / 1e9:.3f} | {row['vs_floor']:.1f} |"
+                f"{row['flops']['total'] / 1e9:.3f} | "
+                + " | ".join(f"{row[f'vs_{v}']:.2f}" for v in variants)
+                + " |"
             )
         for floor in result["floor"]:
+            total = floor["total_ms"]
             print(
-                f"| floor | {floor['budget']} | | {floor['total_ms']['median']:.2f} | "
-                f"{floor['prefill_ms']['median']:.2f} | {floor['decode_ms']['median']:.2f} | | 1.0 |"
+                f"| {floor['variant']} | {floor['budget']} | | "
+                f"{total['median']:.2f} ({total['p10']:.2f}-{total['p90']:.2f}) | {total['min']:.2f} | "
+                f"{floor['prefill_ms']['median']:.2f} | {floor['decode_ms']['median']:.2f} | |"
+                + " |"
+                * len(variants)
             )
+        ratios = ", ".join(f"{v} {r:.3f}" for v, r in result["floor_wall_ratio_0.5_over_1.0"].items())
+        print(f"\nfloor wall-clock 0.5 / 1.0: {ratios}")
         print("\n| path | wall 0.5/1.0 | FLOPs 0.5/1.0 | wall / FLOPs | limit |")
         print("|---|---:|---:|---:|---|")
         for path, entry in result["budget_scaling"].items():
