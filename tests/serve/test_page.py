@@ -25,15 +25,22 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def page():
-    with live_server("tiny-adallava-l") as server, sync_playwright() as playwright:
+def browser():
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    with live_server("tiny-adallava-l") as server:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(server.url + "/")
         yield page
-        browser.close()
+        page.close()
         assert errors == [], errors
 
 
@@ -75,3 +82,19 @@ def test_compare_two_budgets_side_by_side(page):
     assert cards.nth(1).locator(".budget-value").text_content() == "0.50"
     for i in range(2):
         assert cards.nth(i).locator(".answer").text_content().strip() != ""
+
+
+def test_the_page_asks_once_for_the_api_key_of_a_server_that_has_one(browser):
+    # Bug caught: with --api-key the page could not even load the model's description (401).
+    with live_server("tiny-adallava-l", api_key="s3cret") as server:
+        page = browser.new_page()
+        prompts: list[str] = []
+        page.on("dialog", lambda dialog: (prompts.append(dialog.message), dialog.accept("s3cret")))
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('budget-a').min === '0.5'")
+        page.set_input_files("#image", str(SCENE))
+        page.fill("#question", "what color is the circle ?")
+        page.click("#ask")
+        page.locator(".result .answer").first.wait_for()
+        assert len(prompts) == 1 and "API key" in prompts[0]  # asked once, then kept for the tab
+        page.close()

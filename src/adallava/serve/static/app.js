@@ -30,9 +30,27 @@ function bindSlider(id) {
   show();
 }
 
+// A server started with --api-key answers 401 without it: ask once, keep it for this tab, retry.
+async function api(path, options = {}) {
+  const send = () => {
+    const key = sessionStorage.getItem("adallava-api-key");
+    const headers = { ...(options.headers || {}), ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+    return fetch(path, { ...options, headers });
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const key = window.prompt("This server needs an API key (adallava serve --api-key):");
+    if (key) {
+      sessionStorage.setItem("adallava-api-key", key.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
 async function loadModel() {
   try {
-    const response = await fetch("/v1/models");
+    const response = await api("/v1/models");
     const body = await response.json();
     const entry = body.data[0];
     state.model = entry.id;
@@ -84,7 +102,7 @@ async function ask(budget) {
     }],
   };
   if (state.info.adaptive) body.budget = budget;
-  const response = await fetch("/v1/chat/completions", {
+  const response = await api("/v1/chat/completions", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(body),
