@@ -67,6 +67,9 @@ def test_completion_reports_answer_plan_flops_and_times(server, client):
     assert report["decode_flops"]["llm"] > 0  # the answer and its end token: at least one decode step
     for key in ("queue_ms", "prefill_ms", "decode_ms"):
         assert report[key] >= 0
+    # The engine's own times of its generate call, beside the server's view of the row.
+    engine = [report[f"generate_{part}_ms"] for part in ("prefill", "decode", "total")]
+    assert all(ms is not None and ms >= 0 for ms in engine) and engine[2] >= engine[0], engine
     # The server is thin: its answer is the library's answer for the same request.
     served = server.app.state.served
     prompt = encode(

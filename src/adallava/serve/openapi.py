@@ -64,6 +64,9 @@ class Report(BaseModel):
     queue_ms: float
     prefill_ms: float
     decode_ms: float
+    generate_prefill_ms: float | None = None
+    generate_decode_ms: float | None = None
+    generate_total_ms: float | None = None
     batch_size: int
     unknown_words: list[str]
 
