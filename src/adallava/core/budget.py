@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from adallava.core.deadline import Deadline, is_deadline_text, parse_deadline
+
 # Budgets are compared with this relative slack so that a user's 0.3 (stored as 0.29999...) buys the
 # 3 of 10 units they meant; it is far below the cost of any unit.
 RELATIVE_TOLERANCE = 1e-9
@@ -23,9 +25,12 @@ _SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
 _FLOPS_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGTP]?)\s*(?:FLOPS?)?\s*$", re.I)
 
 
-def parse_budget(text: str) -> float | str:
-    """A budget as a user types it: '0.6' -> 0.6 (a fraction); anything else ('2M', '3.5T') is kept
-    as a FLOPs string for `budget_fractions` to check against the request's own cost."""
+def parse_budget(text: str) -> float | str | Deadline:
+    """A budget as a user types it: '0.6' -> 0.6 (a fraction); '300ms' / '0.3s' -> a `Deadline`
+    (checked here); anything else ('2M', '3.5T') is kept as a FLOPs string for `budget_fractions` to
+    check against the request's own cost."""
+    if isinstance(text, str) and is_deadline_text(text):
+        return parse_deadline(text)
     try:
         return float(text)
     except ValueError:
@@ -78,6 +83,11 @@ def budget_fractions(
     values = _as_list(budget, batch_size)
     fractions = []
     for row, value in enumerate(values):
+        if isinstance(value, Deadline) or (isinstance(value, str) and is_deadline_text(value)):
+            raise ValueError(
+                f"budget {value!r} for row {row} is a deadline; deadlines are planned by the model's latency "
+                "profile in `generate` (lean engine), not converted to a fraction here"
+            )
         if isinstance(value, str) or (
             isinstance(value, (int, float)) and value > 1.0 and math.isfinite(value)
         ):
@@ -120,7 +130,7 @@ def _as_list(budget, batch_size: int) -> list:
                 f"budget tensor must be a scalar or 1-D [batch], got shape {tuple(budget.shape)}"
             )
         budget = budget.tolist()
-    if isinstance(budget, (str, int, float)):
+    if isinstance(budget, (str, int, float, Deadline)):
         return [budget] * batch_size
     if not isinstance(budget, (list, tuple)):
         raise ValueError(

@@ -24,5 +24,3 @@ class CacheSlots:
             # slot is never written under head switches, so a copy of it is empty.
             hf_compat.add_cache_slot(self.cache, index, like_layer)
         return index
-
-

@@ -39,6 +39,7 @@ from adallava.core.plan import ExecutionPlan
 from adallava.core.planning import budget_units
 from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
+from adallava.engine.deadlines import DeadlineKeeper, DeadlineReport, deadline_rows
 from adallava.engine.folders import resolve_model
 from adallava.engine.generate import (
     check_generate_kwargs,
@@ -532,6 +533,15 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             engine = self.__dict__["_lean_engine"] = LeanEngine()
         return engine
 
+    @property
+    def deadlines(self) -> DeadlineKeeper:
+        """The latency profile and online controller that turn deadlines into plans (created on first
+        use; its profile is loaded from the user cache or measured then)."""
+        keeper = self.__dict__.get("_deadlines")
+        if keeper is None:
+            keeper = self.__dict__["_deadlines"] = DeadlineKeeper(self)
+        return keeper
+
     def _choose_engine(self, engine: str | None, input_ids, kwargs: dict) -> str:
         """The engine a generate call runs: "lean" by default where it can run this model on this call
         (see `lean.weights.unsupported_reason`), else "hf"; an explicit "lean" it cannot run is an
@@ -554,7 +564,8 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         return "hf"
 
     def generate(self, input_ids=None, attention_mask=None, budget=None, plan: ExecutionPlan | None = None,
-                 engine: str | None = None, **kwargs):  # fmt: skip
+                 engine: str | None = None, deadline_start: float | None = None,
+                 deadline_best_effort: bool = False, **kwargs):  # fmt: skip
         """Generation with a per-row budget (or plan). The plan is made once at prefill and reused
         for every new token. Right-padded batches are moved to left padding first (rows are rolled),
         so results do not depend on the padding side; returned sequences start with the prompt as
@@ -563,9 +574,22 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
 
         engine: "lean" (the default where the model's layers allow it: `engine.lean.runner`, greedy and
         sampling) or "hf" (Hugging Face `generate`, for what the lean loop does not support, e.g.
-        beam search or repetition penalties; the lean engine names such options and points here)."""
+        beam search or repetition penalties; the lean engine names such options and points here).
+
+        Deadlines: a budget may be a deadline ("300ms", "0.3s", `Deadline(ms=300)`; per row, mixed with
+        fractions): the answer is planned to be complete within it, counted from `deadline_start` (a
+        `time.perf_counter()` value, e.g. the request's arrival; default: this call). See
+        `engine.deadlines`. An infeasible deadline raises `DeadlineInfeasible` unless
+        `deadline_best_effort` (then the smallest plan runs). The output's `deadline` reports
+        predicted and measured ms, met, and the slowdown used."""
         check_generate_kwargs(budget, kwargs)
         engine = self._choose_engine(engine, input_ids, kwargs)
+        deadlines = deadline_rows(budget, 1 if input_ids is None else input_ids.shape[0])
+        if deadlines is not None:
+            if engine != "lean":
+                raise ValueError("deadline budgets run on the lean engine; this call runs on engine='hf'")
+            return self._generate_for_deadline(input_ids, attention_mask, budget, deadlines, deadline_start,
+                                               deadline_best_effort, kwargs)  # fmt: skip
         original_ids = input_ids
         if input_ids is not None and attention_mask is not None:
             input_ids, attention_mask = to_left_padding(input_ids, attention_mask)
@@ -596,6 +620,48 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         if not sampling.return_dict:
             return generate_output(self, result.sequences, original_ids, input_ids, plan, sink, stops)
         return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
+
+    def _generate_for_deadline(
+        self, input_ids, attention_mask, budget, deadlines, start, best_effort, kwargs
+    ):
+        """Plan the deadline rows with the controller, generate, then record what it took."""
+        called = time.perf_counter()
+        start = called if start is None else start
+        waited_ms = max(0.0, (called - start) * 1e3)
+        batch, prompt_tokens = input_ids.shape[0], input_ids.shape[1] + 1  # + the latency token
+        pixels = kwargs.get("pixel_values")
+        images = 0 if pixels is None else pixels.shape[0]
+        max_new = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 1
+        keeper = self.deadlines
+        plan, fraction, tightest = keeper.plan(deadlines, prompt_tokens, max_new, batch, images, waited_ms,
+                                               best_effort)  # fmt: skip
+        values = list(budget) if isinstance(budget, (list, tuple)) else [budget]
+        values = values * batch if len(values) == 1 else values
+        fractions = [fraction if d is not None else v for d, v in zip(deadlines, values, strict=True)]
+        threads = torch.get_num_threads()
+        if plan.threads is not None and plan.threads != threads:
+            torch.set_num_threads(plan.threads)
+        try:
+            ran = time.perf_counter()
+            out = self.generate(input_ids, attention_mask, budget=fractions, engine="lean",
+                                **{**kwargs, "return_dict_in_generate": True})  # fmt: skip
+            end = time.perf_counter()
+        finally:
+            if plan.threads is not None and plan.threads != threads:
+                torch.set_num_threads(threads)
+        new = out.sequences[:, input_ids.shape[1] :]
+        tokens = int(self.produced_tokens(new.cpu()).max()) if new.numel() else 1
+        keeper.record(plan, (end - ran) * 1e3, prompt_tokens, tokens, batch, images)
+        measured = (end - start) * 1e3
+        out.deadline = DeadlineReport(
+            deadline_ms=tightest, predicted_ms=plan.predicted_ms + waited_ms, measured_ms=measured,
+            waited_ms=waited_ms, met=measured <= tightest, slowdown=plan.slowdown, upper_units=plan.units,
+            fraction=fraction, threads=plan.threads,
+            best_effort=best_effort and plan.predicted_ms > plan.budget_ms,
+        )  # fmt: skip
+        if kwargs.get("return_dict_in_generate"):
+            return out
+        return out.sequences
 
     def continue_generation(self, outputs, model_kwargs: dict) -> None:
         """After the prefill: freeze its plan for the remaining steps, and continue from the layout

@@ -48,7 +48,8 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     `prefill_tokens`: long [B] positions each row's prefill cached (prompt, latency token), so that
     `decode_cost` can price a row cut shorter than the batch (a server's per-request limit).
     `prefill_ms` / `decode_ms`: wall-clock of the prefill (up to the first new token) and of the
-    decoding steps after it, for the whole batch."""
+    decoding steps after it, for the whole batch. `deadline`: for deadline budgets, the
+    `engine.deadlines.DeadlineReport` (predicted and measured ms, met, slowdown)."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
@@ -58,3 +59,4 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     prefill_tokens: torch.Tensor | None = None
     prefill_ms: float | None = None
     decode_ms: float | None = None
+    deadline: object | None = None

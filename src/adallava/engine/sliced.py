@@ -158,5 +158,3 @@ class SliceCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-

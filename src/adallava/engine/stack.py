@@ -89,5 +89,3 @@ def call_layer(
         use_cache=inputs.use_cache,
         **hf_compat.cache_kwargs(inputs.past_key_values),
     )
-
-

@@ -1,0 +1,325 @@
+"""Deadlines in milliseconds: a latency profile of the model on this device, and the controller that
+turns a deadline into a plan and keeps it while the machine's speed changes.
+
+`calibrate` measures the lean engine's components (vision tower, one decoder layer's prefill against
+prompt tokens and decoding step against context length, the LM head, the fixed per-request and
+per-step overheads) and fits the latency model of `adallava.core.latency_model`. `DeadlineKeeper`
+(one per model, `model.deadlines`) loads a saved profile for this model, engine, device, dtype,
+threads and library versions, or calibrates quickly on first use; plans each deadline request with
+the online controller (`adallava.core.deadline_controller`), which scales predictions by the slowdown
+measured on recent requests; and records what each request really took.
+
+A batch shares its time: every deadline row of a batch gets the plan that fits the batch's tightest
+deadline (rows with fraction or FLOPs budgets keep theirs).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from adallava.core.deadline import Deadline, as_deadline, is_deadline_text
+from adallava.core.deadline_controller import DeadlineController, DeadlinePlan
+from adallava.core.latency_model import (
+    LatencyProfile,
+    ProfileKey,
+    fit_constant,
+    fit_linear,
+    fraction_for_units,
+    load_profile,
+    predict_ms,
+    save_profile,
+)
+from adallava.engine import hf_compat
+from adallava.engine.lean.functional import decoder_layer, rms_norm
+
+
+class DeadlineInfeasible(ValueError):
+    """Even the smallest plan is predicted to miss the deadline."""
+
+    def __init__(self, deadline_ms: float, minimum_ms: float, slowdown: float):
+        self.deadline_ms, self.minimum_ms, self.slowdown = deadline_ms, minimum_ms, slowdown
+        super().__init__(
+            f"deadline {deadline_ms:g} ms cannot be met: the smallest plan (prefix layers only) is predicted "
+            f"to take {minimum_ms:.1f} ms here (slowdown {slowdown:.2f}); give a deadline of at least "
+            f"{minimum_ms:.0f} ms, or deadline_best_effort=True to run the smallest plan anyway"
+        )
+
+
+@dataclass(frozen=True)
+class DeadlineReport:
+    """What a deadline request was planned at and what it took (the whole batch's call)."""
+
+    deadline_ms: float  # the batch's tightest deadline
+    predicted_ms: float  # slowdown x the latency model's prediction for the plan that ran
+    measured_ms: float  # wall-clock of the call, queue wait included
+    waited_ms: float  # time before the call (the server's queue)
+    met: bool
+    slowdown: float
+    upper_units: int
+    fraction: float  # the budget fraction the deadline rows ran at
+    threads: int | None
+    best_effort: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def deadline_rows(budget, batch: int) -> list[Deadline | None] | None:
+    """Per row, its deadline (a `Deadline` or text such as '300ms'), or None where the row has a
+    fraction or FLOPs budget; None when no row has a deadline."""
+    if budget is None or isinstance(budget, torch.Tensor):
+        return None
+    values = list(budget) if isinstance(budget, (list, tuple)) else [budget]
+    values = values * batch if len(values) == 1 else values
+    rows = [
+        as_deadline(v) if isinstance(v, Deadline) or (isinstance(v, str) and is_deadline_text(v)) else None
+        for v in values
+    ]
+    return rows if any(r is not None for r in rows) else None
+
+
+class DeadlineKeeper:
+    """The latency profile and online controller of one model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model,
+        profile: LatencyProfile | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        thread_counts=(None,),
+        **controller_options,
+    ):
+        self.model = model
+        self.clock = clock
+        self._profile = profile
+        self._options = {"thread_counts": thread_counts, **controller_options}
+        self._controller: DeadlineController | None = None
+
+    @property
+    def profile(self) -> LatencyProfile:
+        """The profile in use: given, saved for this key, or measured now (quickly) and saved."""
+        if self._profile is None:
+            key = profile_key(self.model)
+            self._profile = load_profile(key) or calibrate(self.model, quick=True)
+            if load_profile(key) is None:
+                save_profile(self._profile)
+        return self._profile
+
+    @property
+    def controller(self) -> DeadlineController:
+        if self._controller is None:
+            self._controller = DeadlineController(self.profile, clock=self.clock, **self._options)
+        return self._controller
+
+    def configure(
+        self,
+        profile: LatencyProfile | None = None,
+        clock: Callable[[], float] | None = None,
+        **controller_options,
+    ) -> None:
+        """Use another profile, clock (tests) and/or controller settings (thread_counts, window,
+        quantile, half_life_s, ...); forgets what the controller learned."""
+        if profile is not None:
+            self._profile = profile
+        if clock is not None:
+            self.clock = clock
+        self._options.update(controller_options)
+        self._controller = None
+
+    def plan(
+        self,
+        deadlines: list[Deadline | None],
+        prompt_tokens: int,
+        max_new_tokens: int,
+        batch: int,
+        images: int,
+        waited_ms: float,
+        best_effort: bool,
+    ) -> tuple[DeadlinePlan, float, float]:
+        """(plan, fraction for the deadline rows, tightest deadline ms). Raises DeadlineInfeasible."""
+        tightest = min(d.ms for d in deadlines if d is not None)
+        plan = self.controller.plan(tightest, prompt_tokens, max_new_tokens, batch, images, waited_ms)
+        if not plan.feasible:
+            if not best_effort:
+                raise DeadlineInfeasible(tightest, plan.minimum_ms + waited_ms, plan.slowdown)
+            plan = DeadlinePlan(
+                0,
+                plan.threads,
+                plan.slowdown,
+                plan.minimum_ms,
+                plan.minimum_ms,
+                plan.budget_ms,
+                plan.exploring,
+            )
+        return plan, fraction_for_units(self.profile, plan.units), tightest
+
+    def record(
+        self, plan: DeadlinePlan, measured_ms: float, prompt_tokens: int, tokens: int, batch: int, images: int
+    ) -> None:
+        """Learn from a finished call: its run time (queue wait excluded) against the unscaled
+        prediction for what ran (its plan, the tokens it made)."""
+        predicted = predict_ms(
+            self.profile, plan.units, prompt_tokens, max(1, tokens), batch, images
+        ).total_ms
+        if predicted > 0 and measured_ms > 0:
+            self.controller.record(plan, measured_ms, predicted)
+
+
+def profile_key(model) -> ProfileKey:
+    """What the measured times depend on: the model, engine, device, dtype, threads, versions."""
+    import transformers
+
+    from adallava import __version__
+
+    parameter = next(model.parameters())
+    device = parameter.device
+    name = str(getattr(model, "name_or_path", "") or "") or f"unnamed-{type(model).__name__}"
+    device_name = f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+    return ProfileKey(
+        model=name,
+        engine="lean",
+        device=device_name,
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        transformers_version=transformers.__version__,
+        adallava_version=__version__,
+    )
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+@torch.no_grad()
+def calibrate(
+    model, quick: bool = False, token_counts: tuple[int, ...] | None = None, progress=None
+) -> LatencyProfile:
+    """Measure the model's components on its device and fit a `LatencyProfile`. quick: fewer
+    repeats and token counts (about a second on the bundled model), for a first deadline request.
+    `progress(step, total)` is called as components are measured."""
+    repeats = 5 if quick else 20
+    counts = token_counts or ((16, 64) if quick else (16, 32, 64, 128))
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    text = model.text_model
+    engine = model.lean_engine
+    weights = engine.weights.get(text.layers[model.num_prefix])
+    hidden_size = model.text_config.hidden_size
+    cos_table, sin_table = engine.rotary_tables(text, max(counts) * 2 + 2, dtype, device)
+    kv_heads, head_dim = weights.num_kv_heads, weights.head_dim
+    total_steps = 2 * len(counts) + 3
+    done = 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total_steps)
+
+    prefill, decode = [], []
+    for tokens in counts:
+        hidden = torch.randn(1, tokens, hidden_size, device=device, dtype=dtype)
+        keys = torch.zeros(1, kv_heads, 2 * max(counts) + 2, head_dim, device=device, dtype=dtype)
+        tables = (cos_table[:tokens][None, None], sin_table[:tokens][None, None])
+        prefill.append((tokens, _layer_ms(weights, hidden, tables, keys, 0, repeats)))
+        tick()
+        tables = (cos_table[tokens : tokens + 1][None, None], sin_table[tokens : tokens + 1][None, None])
+        decode.append((tokens + 1, _layer_ms(weights, hidden[:, :1], tables, keys, tokens, repeats)))
+        tick()
+    layer_prefill, layer_decode = fit_linear(prefill), fit_linear(decode)
+    head_samples = [(rows, _head_ms(model, rows, repeats)) for rows in (1, 4)]
+    lm_head = fit_linear(head_samples)
+    tick()
+    vision = _vision_ms(model, repeats)
+    tick()
+    units_per_layer = model.total_units // model.num_layers
+    profile = LatencyProfile(
+        key=profile_key(model),
+        num_layers=model.num_layers,
+        prefix_layers=model.num_prefix,
+        units_per_layer=units_per_layer,
+        vision_per_image_ms=vision,
+        prefill_prefix_layer=layer_prefill,
+        prefill_upper_unit=_per_unit(layer_prefill, units_per_layer),
+        decode_prefix_layer=layer_decode,
+        decode_upper_unit=_per_unit(layer_decode, units_per_layer),
+        lm_head=lm_head,
+    )
+    request, step = _overheads(model, profile, repeats)
+    tick()
+    return LatencyProfile(**{**profile.__dict__, "request_overhead_ms": request, "step_overhead_ms": step})
+
+
+def _layer_ms(weights, hidden, tables, keys, start: int, repeats: int) -> float:
+    """One decoder layer on hidden [1, T, D] writing keys at `start` (values share the buffer shape)."""
+    values = torch.zeros_like(keys)
+    return _median_ms(
+        lambda: decoder_layer(weights, hidden, *tables, keys, values, start, None, True), repeats
+    )
+
+
+def _head_ms(model, rows: int, repeats: int) -> float:
+    """The final norm and LM head on `rows` last positions."""
+    norm, head = model.text_model.norm, model.base.lm_head
+    last = torch.randn(rows, model.text_config.hidden_size, device=model.device, dtype=model.dtype)
+    normed = lambda: rms_norm(last, norm.weight, norm.variance_epsilon)  # noqa: E731
+    return _median_ms(lambda: torch.nn.functional.linear(normed(), head.weight, head.bias), repeats)
+
+
+def _vision_ms(model, repeats: int) -> float:
+    """Vision tower + projector on one image (0 for a text-only model)."""
+    vision_config = getattr(model.config, "vision_config", None)
+    if vision_config is None:
+        return 0.0
+    size = vision_config.image_size
+    pixels = torch.randn(1, 3, size, size, device=model.device, dtype=model.dtype)
+    return fit_constant(
+        [_median_ms(lambda: hf_compat.image_features(model.base.model, pixels), 1) for _ in range(repeats)]
+    )
+
+
+def _per_unit(cost, units_per_layer: int):
+    return type(cost)(cost.fixed_ms / units_per_layer, cost.per_token_ms / units_per_layer)
+
+
+def _overheads(model, profile: LatencyProfile, repeats: int) -> tuple[float, float]:
+    """Per-request and per-step time of whole generate calls beyond the fitted components (>= 0)."""
+    vocab = model.text_config.vocab_size
+    ids = torch.randint(5, vocab, (1, 24), generator=torch.Generator().manual_seed(0)).to(model.device)
+    full = profile.max_upper_units
+
+    def run(new_tokens: int) -> float:
+        return _median_ms(
+            lambda: model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                plan=None,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                engine="lean",
+            ),  # noqa: E501
+            repeats,
+        )
+
+    one, eight = run(1), run(8)
+    predicted_one = predict_ms(profile, full, ids.shape[1], 1).total_ms
+    predicted_eight = predict_ms(profile, full, ids.shape[1], 8).total_ms
+    step = max(0.0, ((eight - one) - (predicted_eight - predicted_one)) / 7)
+    request = max(0.0, one - predicted_one)
+    return request, step
