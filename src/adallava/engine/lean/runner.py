@@ -23,7 +23,7 @@ import torch
 from adallava.core.plan import ExecutionPlan
 from adallava.engine.lean.functional import decoder_layer, rms_norm, rotary_tables
 from adallava.engine.lean.program import Program, Unit, layer_row_sets
-from adallava.engine.lean.sampling import Sampling, choose_tokens, process_logits
+from adallava.engine.lean.sampling import Sampling, TokenChooser
 from adallava.engine.lean.weights import WeightsCache
 
 
@@ -272,46 +272,50 @@ def _decode(
         (batch, sampling.max_new_tokens), sampling.pad_token_id, dtype=torch.long, device=device
     )
     all_logits, all_scores = [], []
-    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=device)
+    chooser = TokenChooser(sampling, device, generator)
+    whole_batch = True  # no row has finished yet: running row r is original row r
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     prefill_end = None
     produced = 0
     for step in range(sampling.max_new_tokens):
-        logits = logits.float()
-        scores = process_logits(logits, sampling, step)
-        chosen = choose_tokens(scores, sampling, generator)  # [B'] running rows
+        scores, chosen = chooser(logits.float(), step)  # [B', V], [B'] for the running rows
         rows = state.original_rows
-        full_logits = full_scores = None
+        if whole_batch:
+            new_tokens[:, step] = chosen
+        else:
+            new_tokens[rows, step] = chosen
         if sampling.output_logits or sampling.output_scores or stopping_criteria is not None:
-            full_logits = logits.new_zeros(batch, logits.shape[-1]).index_copy(0, rows, logits)
-            full_scores = scores.new_zeros(batch, scores.shape[-1]).index_copy(0, rows, scores)
-        if sampling.output_logits:
-            all_logits.append(full_logits)
-        if sampling.output_scores:
-            all_scores.append(full_scores)
-        new_tokens[rows, step] = chosen
+            logits, scores = _whole_batch(logits.float(), rows, batch), _whole_batch(scores, rows, batch)
+            if sampling.output_logits:
+                all_logits.append(logits)
+            if sampling.output_scores:
+                all_scores.append(scores)
         produced = step + 1
         if prefill_end is None:
             prefill_end = time.perf_counter()
         if streamer is not None:
             streamer.put(new_tokens[:, step].cpu())
-        done = torch.isin(chosen, eos) if eos.numel() else torch.zeros_like(chosen, dtype=torch.bool)
+        done = chooser.finished(chosen)
         if stopping_criteria is not None:
             sequences = torch.cat([prompt_ids, new_tokens[:, :produced].to(prompt_ids.device)], dim=1)
-            done = done | stopping_criteria(sequences, full_scores).to(device).index_select(0, rows)
-        if bool(done.all()) or produced == sampling.max_new_tokens:
+            done = done | stopping_criteria(sequences, scores).to(device).index_select(0, rows)
+        finished = int(done.sum())
+        if finished == done.numel() or produced == sampling.max_new_tokens:
             break
-        if bool(done.any()):
+        if finished:
             keep = ~done
             state.drop(keep)
             chosen = chosen[keep]
+            whole_batch = False
         # one decoding step for the running rows
         position = state.next_positions  # [B']
-        state.valid[:, state.length] = True
-        cos = cos_table[position][:, None, None]  # [B', 1, 1, Dh]
-        sin = sin_table[position][:, None, None]
-        mask = state.valid[:, None, None, : state.length + 1] if state.has_pads else None
+        mask = None
+        if state.has_pads:
+            state.valid[:, state.length] = True
+            mask = state.valid[:, None, None, : state.length + 1]
+        cos = cos_table.index_select(0, position)[:, None, None]  # [B', 1, 1, Dh]
+        sin = sin_table.index_select(0, position)[:, None, None]
         set_step_inputs(state.program, cos, sin, mask)
         hidden = torch.nn.functional.embedding(chosen, embed)[:, None]  # [B', 1, D]
         hidden = run_layers(state.program, hidden, state.length, range(model.num_layers))
@@ -330,6 +334,13 @@ def _decode(
         prefill_end or end,
         end,
     )
+
+
+def _whole_batch(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B', V] of the running rows -> [B, V] of the whole batch (zeros for finished rows)."""
+    if values.shape[0] == batch:
+        return values
+    return values.new_zeros(batch, values.shape[-1]).index_copy(0, rows, values)
 
 
 def _head(model, text_model, hidden: torch.Tensor) -> torch.Tensor:

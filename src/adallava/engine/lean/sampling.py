@@ -146,14 +146,41 @@ def _resolve(model, prompt_length: int, kwargs: dict, rest: dict) -> Sampling:
     return sampling
 
 
-def process_logits(logits: torch.Tensor, sampling: Sampling, produced: int) -> torch.Tensor:
+class TokenChooser:
+    """Picks each step's tokens for one generate call: the id tensors it needs are made once."""
+
+    def __init__(self, sampling: Sampling, device, generator: torch.Generator | None = None):
+        self.sampling, self.generator = sampling, generator
+        self.suppress = _ids(sampling.suppress_tokens, device) if sampling.suppress_tokens else None
+        self.eos = _ids(sampling.eos_token_ids, device) if sampling.eos_token_ids else None
+
+    def __call__(self, logits: torch.Tensor, produced: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores [B, V], chosen long [B]) from raw logits [B, V] after `produced` new tokens."""
+        scores = process_logits(logits, self.sampling, produced, self.suppress, self.eos)
+        return scores, choose_tokens(scores, self.sampling, self.generator)
+
+    def finished(self, chosen: torch.Tensor) -> torch.Tensor:
+        """bool [B]: rows whose token ends their sequence."""
+        if self.eos is None:
+            return torch.zeros_like(chosen, dtype=torch.bool)
+        if self.eos.numel() == 1:
+            return chosen == self.eos
+        return torch.isin(chosen, self.eos)
+
+
+def process_logits(
+    logits: torch.Tensor, sampling: Sampling, produced: int, suppress=None, eos=None
+) -> torch.Tensor:
     """The scores tokens are chosen from: raw logits [B, V] (float32) with HF's processors, and for
-    sampling its warpers, applied (`produced`: new tokens so far)."""
+    sampling its warpers, applied (`produced`: new tokens so far). suppress / eos: the id tensors of
+    `sampling.suppress_tokens` / `eos_token_ids` when already made."""
     scores = logits
     if sampling.suppress_tokens:
-        scores = scores.index_fill(-1, _ids(sampling.suppress_tokens, scores.device), float("-inf"))
+        suppress = _ids(sampling.suppress_tokens, scores.device) if suppress is None else suppress
+        scores = scores.index_fill(-1, suppress, float("-inf"))
     if produced < sampling.min_new_tokens and sampling.eos_token_ids:
-        scores = scores.index_fill(-1, _ids(sampling.eos_token_ids, scores.device), float("-inf"))
+        eos = _ids(sampling.eos_token_ids, scores.device) if eos is None else eos
+        scores = scores.index_fill(-1, eos, float("-inf"))
     if not sampling.do_sample:
         return scores
     if sampling.temperature != 1.0:
