@@ -6,7 +6,8 @@ contacted), so its resident memory can be read. Good traffic is `--clients` clie
 requests one after another (`--requests` in all per scenario); bad traffic runs beside it:
 
 - baseline: good traffic alone.
-- hostile: plus 2 clients cycling through the probe's hostile requests (testing.live_server.hostile_requests:
+- hostile (and "hostile < 1 MB", without the 15 MB text): plus 2 clients cycling through the probe's
+  hostile requests (testing.live_server.hostile_requests:
   a 1x100000 PNG, 15 MB of text, JSON edge cases, wrong types, ...). Each must be a quick 4xx.
 - abandon: plus 2 clients that send a request (max_tokens 64) and hang up after 50 ms. Their work
   must be dropped (counted in adallava_cancelled_requests_total, not as 200).
@@ -104,8 +105,9 @@ async def good_clients(
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-async def hostile_clients(url: str, traffic: Traffic, stop: asyncio.Event) -> None:
-    cases = list(hostile_requests(data_url(SCENE)).values())
+async def hostile_clients(url: str, traffic: Traffic, stop: asyncio.Event, largest: int) -> None:
+    """2 clients cycling through the hostile requests of at most `largest` bytes."""
+    cases = [case for case in hostile_requests(data_url(SCENE)).values() if len(case.body) <= largest]
 
     async def client(offset: int) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=60) as http:
@@ -161,11 +163,12 @@ async def burst(http_url: str, traffic: Traffic, size: int) -> None:
 async def scenario(server: ServerProcess, name: str, args) -> dict:
     traffic, stop = Traffic(), asyncio.Event()
     limits = httpx.Limits(max_connections=args.clients)
-    before_mb = server.rss_mb()
+    before_mb, before_cpu = server.rss_mb(), server.cpu_seconds()
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as http:
         extra = []
-        if name == "hostile":
-            extra.append(asyncio.create_task(hostile_clients(server.url, traffic, stop)))
+        if name in ("hostile", "hostile < 1 MB"):
+            largest = 2**20 if name == "hostile < 1 MB" else 2**30
+            extra.append(asyncio.create_task(hostile_clients(server.url, traffic, stop, largest)))
         elif name == "abandon":
             extra.append(asyncio.create_task(abandoning_clients(server.port, traffic, stop)))
         elif name == "burst":
@@ -183,8 +186,9 @@ async def scenario(server: ServerProcess, name: str, args) -> dict:
         for line in metrics.splitlines()
         if line.startswith("adallava_cancelled_requests_total{")
     }
+    growth, cpu = server.rss_mb() - before_mb, server.cpu_seconds() - before_cpu
     return (
-        {"scenario": name, "seconds": seconds, "rss_growth_mb": server.rss_mb() - before_mb}
+        {"scenario": name, "seconds": seconds, "server_cpu_s": cpu, "rss_growth_mb": growth}
         | traffic.summary(seconds)
         | {"cancelled_so_far": cancelled}
     )
@@ -215,7 +219,9 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument(
-        "--scenarios", default="hostile,abandon,burst,bad budget", help="each paired with a baseline"
+        "--scenarios",
+        default="hostile,hostile < 1 MB,abandon,burst,bad budget",
+        help="each paired with a baseline",
     )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
@@ -249,15 +255,15 @@ def main() -> None:
           f"max queue {args.max_queue}")  # fmt: skip
     print()
     print("| scenario | good req/s | good p50 ms | good p95 ms | mean batch | bad requests: statuses | "
-          "slowest bad ms | RSS growth MB |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---|---:|---:|")
+          "slowest bad ms | server CPU s | RSS growth MB |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
     for row in rows:
         if row["scenario"] == "baseline":
             row = row | {"scenario": f"baseline (before {row['pair']})"}
         statuses = ", ".join(f"{count} x {status}" for status, count in row["bad_status"].items()) or "-"
         print(f"| {row['scenario']} | {row['good_throughput_rps']:.1f} | {row['good_p50_ms']:.0f} | "
               f"{row['good_p95_ms']:.0f} | {row['mean_batch_size']:.1f} | {statuses} | "
-              f"{row['bad_max_ms']:.0f} | {row['rss_growth_mb']:.0f} |"
+              f"{row['bad_max_ms']:.0f} | {row['server_cpu_s']:.1f} | {row['rss_growth_mb']:.0f} |"
               + (f" (good failed: {row['good_failures']})" if row["good_failures"] else ""))  # fmt: skip
     cancelled, tracebacks = rows[-1]["cancelled_so_far"], payload["server_tracebacks"]
     print(f"\nserver RSS {start_mb:.0f} -> {end_mb:.0f} MB; cancelled by stage: {cancelled}; "

@@ -141,7 +141,8 @@ class ServedModel:
 
     def read(self, raw: bytes) -> tuple[ParsedRequest, Prompt]:
         """A prepare worker: the body's bytes -> the checked request and its prompt. Raises APIError."""
-        parsed = parse_request(parse_body(raw, self.settings.max_messages), self.card, self.settings)
+        body = parse_body(raw, self.settings.max_messages, self.card.max_prompt_chars)
+        parsed = parse_request(body, self.card, self.settings)
         return parsed, self.prepare(parsed)
 
     def prepare(self, request: ParsedRequest) -> Prompt:

@@ -72,10 +72,12 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
 
 
-def parse_body(raw: bytes, max_messages: int) -> ChatCompletionRequest:
+def parse_body(raw: bytes, max_messages: int, max_chars: int | None = None) -> ChatCompletionRequest:
     """JSON bytes -> a validated request; 400 naming the field on anything malformed, including what
     Python's JSON reader cannot hold (nesting past its recursion limit, an integer past its digit
-    limit) and text that is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800")."""
+    limit) and text that is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800"). The message
+    count and (with `max_chars`) the text's length are checked on the parsed JSON, before validation
+    copies it."""
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -95,6 +97,8 @@ def parse_body(raw: bytes, max_messages: int) -> ChatCompletionRequest:
             param="messages",
             code="too_many_messages",
         )
+    if max_chars is not None and isinstance(messages, list):
+        check_text_length(messages, max_chars)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:
@@ -229,7 +233,7 @@ def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Set
             parts.append({"type": "image"})
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": parts})
-    check_text_length(messages, card)
+    check_text_length(messages, card.max_prompt_chars)
     return ParsedRequest(
         messages=messages,
         images=images,
@@ -240,13 +244,20 @@ def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Set
     )
 
 
-def check_text_length(messages: list[dict], card: ModelCard) -> None:
-    """400 context_length_exceeded when the messages' text is longer than `card.max_prompt_chars`:
-    found before the tokenizer spends seconds on megabytes of text."""
-    chars = sum(len(part["text"]) for message in messages for part in message["content"] if "text" in part)
-    if chars > card.max_prompt_chars:
+def check_text_length(messages: list, max_chars: int) -> None:
+    """400 context_length_exceeded when the messages' text (string contents and text parts, in
+    Hugging Face's or OpenAI's form) is longer than `max_chars`: found before the tokenizer spends
+    seconds on megabytes of text. Anything malformed is left to the schema."""
+    chars = 0
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+        for part in parts:
+            text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
+            chars += len(text) if isinstance(text, str) else 0
+    if chars > max_chars:
         raise bad_request(
-            f"messages: the text is {chars} characters; the limit is {card.max_prompt_chars} (checked before "
+            f"messages: the text is {chars} characters; the limit is {max_chars} (checked before "
             "tokenizing; --max-prompt-chars)",
             param="messages",
             code="context_length_exceeded",
