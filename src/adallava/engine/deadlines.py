@@ -15,7 +15,6 @@ deadline (rows with fraction or FLOPs budgets keep theirs).
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from adallava.core.latency_model import (
     fraction_for_units,
     load_profile,
     predict_ms,
-    save_profile,
 )
 from adallava.engine import hf_compat
 from adallava.engine.lean.functional import decoder_layer, rms_norm
@@ -46,7 +44,8 @@ class DeadlineInfeasible(ValueError):
         super().__init__(
             f"deadline {deadline_ms:g} ms cannot be met: the smallest plan (prefix layers only) is predicted "
             f"to take {minimum_ms:.1f} ms here (slowdown {slowdown:.2f}); give a deadline of at least "
-            f"{minimum_ms:.0f} ms, or deadline_best_effort=True to run the smallest plan anyway"
+            f"{minimum_ms:.0f} ms, or ask for best effort to run the smallest plan anyway (generate's "
+            'deadline_best_effort=True, `adallava ask --best-effort`, the server\'s "best_effort": true)'
         )
 
 
@@ -102,12 +101,11 @@ class DeadlineKeeper:
 
     @property
     def profile(self) -> LatencyProfile:
-        """The profile in use: given, saved for this key, or measured now (quickly) and saved."""
+        """The profile in use: given, saved for this key (`adallava profile`), or measured now quickly
+        (a fraction of a second on the bundled model; kept for this process only, not saved: a quick
+        measurement on a busy machine should not become the model's profile)."""
         if self._profile is None:
-            key = profile_key(self.model)
-            self._profile = load_profile(key) or calibrate(self.model, quick=True)
-            if load_profile(key) is None:
-                save_profile(self._profile)
+            self._profile = load_profile(profile_key(self.model)) or calibrate(self.model, quick=True)
         return self._profile
 
     @property
@@ -192,7 +190,9 @@ def profile_key(model) -> ProfileKey:
     )
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _idle_ms(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls: the profile describes an idle machine (what contention
+    adds is the controller's slowdown), and the fastest call is the least disturbed by other work."""
     fn()  # warm-up
     samples = []
     for _ in range(repeats):
@@ -203,7 +203,7 @@ def _median_ms(fn, repeats: int) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return min(samples)
 
 
 @torch.no_grad()
@@ -216,6 +216,7 @@ def calibrate(
     repeats = 5 if quick else 20
     counts = token_counts or ((16, 64) if quick else (16, 32, 64, 128))
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    _warm_up(model)
     text = model.text_model
     engine = model.lean_engine
     weights = engine.weights.get(text.layers[model.num_prefix])
@@ -260,7 +261,7 @@ def calibrate(
         decode_upper_unit=_per_unit(layer_decode, units_per_layer),
         lm_head=lm_head,
     )
-    request, step = _overheads(model, profile, repeats)
+    request, step = _overheads(model, profile, repeats)  # warmed up by the component timings above
     tick()
     return LatencyProfile(**{**profile.__dict__, "request_overhead_ms": request, "step_overhead_ms": step})
 
@@ -268,9 +269,7 @@ def calibrate(
 def _layer_ms(weights, hidden, tables, keys, start: int, repeats: int) -> float:
     """One decoder layer on hidden [1, T, D] writing keys at `start` (values share the buffer shape)."""
     values = torch.zeros_like(keys)
-    return _median_ms(
-        lambda: decoder_layer(weights, hidden, *tables, keys, values, start, None, True), repeats
-    )
+    return _idle_ms(lambda: decoder_layer(weights, hidden, *tables, keys, values, start, None, True), repeats)
 
 
 def _head_ms(model, rows: int, repeats: int) -> float:
@@ -278,7 +277,7 @@ def _head_ms(model, rows: int, repeats: int) -> float:
     norm, head = model.text_model.norm, model.base.lm_head
     last = torch.randn(rows, model.text_config.hidden_size, device=model.device, dtype=model.dtype)
     normed = lambda: rms_norm(last, norm.weight, norm.variance_epsilon)  # noqa: E731
-    return _median_ms(lambda: torch.nn.functional.linear(normed(), head.weight, head.bias), repeats)
+    return _idle_ms(lambda: torch.nn.functional.linear(normed(), head.weight, head.bias), repeats)
 
 
 def _vision_ms(model, repeats: int) -> float:
@@ -289,12 +288,23 @@ def _vision_ms(model, repeats: int) -> float:
     size = vision_config.image_size
     pixels = torch.randn(1, 3, size, size, device=model.device, dtype=model.dtype)
     return fit_constant(
-        [_median_ms(lambda: hf_compat.image_features(model.base.model, pixels), 1) for _ in range(repeats)]
+        [_idle_ms(lambda: hf_compat.image_features(model.base.model, pixels), 1) for _ in range(repeats)]
     )
 
 
 def _per_unit(cost, units_per_layer: int):
     return type(cost)(cost.fixed_ms / units_per_layer, cost.per_token_ms / units_per_layer)
+
+
+def _warm_up(model) -> None:
+    """Two whole generate calls first: a process's first calls pay one-off costs (kernel selection,
+    allocations, lazily built tables) that would otherwise be read as the model's speed."""
+    ids = torch.full((1, 24), 5, dtype=torch.long, device=model.device)
+    for _ in range(2):
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                       do_sample=False, engine="lean")  # fmt: skip
+    if getattr(model.config, "vision_config", None) is not None:
+        _vision_ms(model, 2)
 
 
 def _overheads(model, profile: LatencyProfile, repeats: int) -> tuple[float, float]:
@@ -304,7 +314,7 @@ def _overheads(model, profile: LatencyProfile, repeats: int) -> tuple[float, flo
     full = profile.max_upper_units
 
     def run(new_tokens: int) -> float:
-        return _median_ms(
+        return _idle_ms(
             lambda: model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from adallava.core.plan import ExecutionPlan
+from adallava.engine.deadlines import deadline_rows
 from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE, SCHEDULER_TRAINED
 from adallava.inference.prompts import chat_prompt
 
@@ -72,6 +73,7 @@ class Answer:
     prefill_ms: float | None = field(default=None, compare=False)
     decode_ms: float | None = field(default=None, compare=False)
     total_ms: float | None = field(default=None, compare=False)
+    deadline: dict | None = field(default=None, compare=False)  # a deadline budget's DeadlineReport
 
 
 def encode(
@@ -146,11 +148,15 @@ def answer_batch(
     budgets: Sequence[float | str | None],
     max_new_tokens: Sequence[int],
     plan: ExecutionPlan | None = None,
+    deadline_start: float | None = None,
     **generate_kwargs,
 ) -> list[Answer]:
     """Greedy answers for a batch, row r under `budgets[r]` (a fraction, a FLOPs string such as "2M",
     or None for every row: the base model) with at most `max_new_tokens[r]` new tokens. `plan`: an
     explicit plan (rows [B]) instead of budgets (every budget None), e.g. an evaluation baseline's.
+    Budgets may be deadlines ("300ms", `Deadline`), counted from `deadline_start` (a
+    `time.perf_counter()` value, e.g. a server request's arrival; default: this call); each such
+    answer carries a `deadline` report.
     Extra kwargs go to `generate` (e.g. a `streamer`, `stopping_criteria`). Raises ValueError for a
     bad budget, or for budgets on a model without a trained scheduler (`check_scheduler_trained`)."""
     _check_rows(model, prompts, budgets, max_new_tokens, plan)
@@ -165,9 +171,11 @@ def answer_batch(
         num_beams=1,
         pad_token_id=pad,
         return_dict_in_generate=True,
+        **({"deadline_start": deadline_start} if deadline_start is not None else {}),
         **generate_kwargs,
     )
     total_ms = (time.perf_counter() - started) * 1e3
+    deadlines = deadline_rows(list(budgets), len(prompts)) or [None] * len(prompts)
     new = out.sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [B, G]
     limits = torch.tensor(list(max_new_tokens))  # [B]
     produced = torch.minimum(model.produced_tokens(new), limits)  # [B] tokens each row computed
@@ -196,6 +204,7 @@ def answer_batch(
                 prefill_ms=out.prefill_ms,
                 decode_ms=out.decode_ms,
                 total_ms=total_ms,
+                deadline=None if out.deadline is None or deadlines[row] is None else out.deadline.to_dict(),
             )
         )
     return answers
@@ -270,16 +279,24 @@ def _flops(cost, row: int) -> dict[str, float]:
     return {"llm": float(cost.llm[row]), "total": float(cost.total[row])}
 
 
-def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16) -> dict:
+def ask(model, processor, image: Image.Image, question: str, budget, max_new_tokens: int = 16,
+        best_effort: bool = False) -> dict:  # fmt: skip
     """One answer and what it cost: {answer, budget, plan, flops, full_flops, decode_flops, ms (the
     whole call), prefill_ms, decode_ms, generate_ms (the model's generate call), completion_tokens,
     unknown_words (the
-    words of the prompt the tokenizer read as its unknown token)}."""
+    words of the prompt the tokenizer read as its unknown token), deadline (for a deadline budget:
+    deadline, predicted and measured ms, met, slowdown, the fraction it ran at)}. best_effort: run the
+    smallest plan when a deadline is infeasible instead of raising."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens (--max-new-tokens) must be >= 1, got {max_new_tokens}")
     prompt = encode(processor, chat_prompt(processor, question), [image])
+    if deadline_rows([budget], 1) is not None:
+        model.deadlines.profile  # noqa: B018 -- a saved profile, or a quick calibration, before the clock starts
     start = time.perf_counter()
-    [answer] = answer_batch(model, processor, [prompt], [budget], [max_new_tokens])
+    extra = {"deadline_best_effort": True} if best_effort else {}
+    [answer] = answer_batch(
+        model, processor, [prompt], [budget], [max_new_tokens], deadline_start=start, **extra
+    )
     ms = (time.perf_counter() - start) * 1e3
     return {
         "answer": answer.text,
@@ -293,5 +310,6 @@ def ask(model, processor, image: Image.Image, question: str, budget, max_new_tok
         "decode_ms": answer.decode_ms,
         "generate_ms": answer.total_ms,
         "completion_tokens": answer.completion_tokens,
+        "deadline": answer.deadline,
         "unknown_words": list(answer.unknown_words),
     }

@@ -3,6 +3,7 @@
 adallava ask --image cat.png --question "What color is the cat?" --budget 0.6
 adallava ask --image scene.png --question "How many circles are there?" --model tiny-adallava-h --json
 adallava ask --image scene.png --question "What shape is red?" --model tiny-llava   # a base model: no budget
+adallava ask --image scene.png --question "What color is the circle?" --budget 30ms  # a deadline
 
 Without --budget a model with a trained scheduler runs at 1.0, and one without (a base model, or the
 output of `adallava init`) runs as the full model; a budget on the latter is refused.
@@ -33,8 +34,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--budget",
         default=None,
-        help="fraction of the full decoder-stack FLOPs in [b_min, 1] (b_min = prefix share, 0.5 by default) "
-        "or an absolute cap such as '2M' (default: 1.0 with a trained scheduler, else none: the full model)",
+        help="fraction of the full decoder-stack FLOPs in [b_min, 1] (b_min = prefix share, 0.5 by default), "
+        "an absolute cap such as '2M', or a deadline such as '30ms' / '0.03s' (the answer planned to be "
+        "complete in time; see docs/deadlines.md) (default: 1.0 with a trained scheduler, else none: the "
+        "full model)",
+    )
+    parser.add_argument(
+        "--best-effort",
+        action="store_true",
+        help="with a deadline even the smallest plan cannot meet, run the smallest plan instead of failing",
     )
     parser.add_argument(
         "--model",
@@ -67,7 +75,7 @@ def run(args) -> int:
         budget = 1.0 if model.scheduler_trained else None
     else:
         check_scheduler_trained(model, str(args.model))
-    result = ask(model, processor, image, args.question, budget, args.max_new_tokens)
+    result = ask(model, processor, image, args.question, budget, args.max_new_tokens, args.best_effort)
     if args.json:
         print(json.dumps(result))
     else:
@@ -87,6 +95,12 @@ def print_summary(result: dict) -> None:
           f"{result['flops']['total'] / 1e6:.2f}M of {result['full_flops']['total'] / 1e6:.2f}M")  # fmt: skip
     print(f"time: {result['ms']:.1f} ms (prefill {result['prefill_ms']:.1f} ms, decode "
           f"{result['decode_ms']:.1f} ms, {result['completion_tokens']} new tokens)")  # fmt: skip
+    deadline = result.get("deadline")
+    if deadline is not None:
+        verdict = "met" if deadline["met"] else "MISSED"
+        print(f"deadline: {deadline['deadline_ms']:g} ms, predicted {deadline['predicted_ms']:.1f} ms, "
+              f"measured {deadline['measured_ms']:.1f} ms: {verdict} (budget {deadline['fraction']:.3g}, "
+              f"slowdown {deadline['slowdown']:.2f})")  # fmt: skip
     if result["unknown_words"]:
         print(f"unknown words: {', '.join(result['unknown_words'])} (not in the model's vocabulary: it read "
               "them as its unknown token; rephrase with words it knows)")  # fmt: skip
