@@ -18,6 +18,7 @@ COMMANDS = [
     "train",
     "eval",
     "flops",
+    "profile",
     "score",
     "convert",
     "init",

@@ -105,7 +105,10 @@ class DeadlineKeeper:
         (a fraction of a second on the bundled model; kept for this process only, not saved: a quick
         measurement on a busy machine should not become the model's profile)."""
         if self._profile is None:
-            self._profile = load_profile(profile_key(self.model)) or calibrate(self.model, quick=True)
+            saved = load_profile(profile_key(self.model))
+            if saved is not None:
+                _warm_up(self.model)  # the process's first calls are slow: not a deadline request's time
+            self._profile = saved or calibrate(self.model, quick=True)
         return self._profile
 
     @property
