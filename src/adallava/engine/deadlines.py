@@ -95,6 +95,7 @@ class DeadlineKeeper:
     ):
         self.model = model
         self.clock = clock
+        self.learn = learn  # False: plan from the profile alone (slowdown 1), a baseline
         self._profile = profile
         self._options = {"thread_counts": thread_counts, **controller_options}
         self._controller: DeadlineController | None = None
@@ -124,7 +125,10 @@ class DeadlineKeeper:
         **controller_options,
     ) -> None:
         """Use another profile, clock (tests) and/or controller settings (thread_counts, window,
-        quantile, half_life_s, ...); forgets what the controller learned."""
+        quantile, half_life_s, ...); `learn=False` keeps the slowdown at 1 (the profile alone, no
+        online control: a baseline). Forgets what the controller learned."""
+        if learn is not None:
+            self.learn = learn
         if profile is not None:
             self._profile = profile
         if clock is not None:
