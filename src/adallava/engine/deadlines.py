@@ -91,6 +91,7 @@ class DeadlineKeeper:
         profile: LatencyProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
         thread_counts=(None,),
+        learn: bool = True,
         **controller_options,
     ):
         self.model = model
@@ -122,6 +123,7 @@ class DeadlineKeeper:
         self,
         profile: LatencyProfile | None = None,
         clock: Callable[[], float] | None = None,
+        learn: bool | None = None,
         **controller_options,
     ) -> None:
         """Use another profile, clock (tests) and/or controller settings (thread_counts, window,
