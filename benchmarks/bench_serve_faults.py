@@ -7,7 +7,7 @@ requests one after another (`--requests` in all per scenario); bad traffic runs 
 
 - baseline: good traffic alone.
 - hostile (and "hostile < 1 MB", without the 15 MB text): plus 2 clients cycling through the probe's
-  hostile requests (testing.live_server.hostile_requests:
+  hostile requests at `--bad-rate` requests/s in all (testing.live_server.hostile_requests:
   a 1x100000 PNG, 15 MB of text, JSON edge cases, wrong types, ...). Each must be a quick 4xx.
 - abandon: plus 2 clients that send a request (max_tokens 64) and hang up after 50 ms. Their work
   must be dropped (counted in adallava_cancelled_requests_total, not as 200).
@@ -62,6 +62,7 @@ class Traffic:
         self.good_failures: collections.Counter = collections.Counter()  # status -> count
         self.bad_status: collections.Counter = collections.Counter()
         self.bad_ms: list[float] = []
+        self.refused_ms: list[float] = []  # the bad requests answered 429
 
     def summary(self, seconds: float) -> dict:
         return {
@@ -74,6 +75,7 @@ class Traffic:
             "bad_requests": sum(self.bad_status.values()),
             "bad_status": dict(sorted(self.bad_status.items())),
             "bad_max_ms": max(self.bad_ms, default=0.0),
+            "refused_p95_ms": percentile(self.refused_ms, 95),
         }
 
 
@@ -105,8 +107,9 @@ async def good_clients(
     await asyncio.gather(*(client() for _ in range(clients)))
 
 
-async def hostile_clients(url: str, traffic: Traffic, stop: asyncio.Event, largest: int) -> None:
-    """2 clients cycling through the hostile requests of at most `largest` bytes."""
+async def hostile_clients(url: str, traffic: Traffic, stop: asyncio.Event, largest: int, rate: float) -> None:
+    """2 clients cycling through the hostile requests of at most `largest` bytes, `rate` requests/s
+    in all (at most: each client waits for its answer)."""
     cases = [case for case in hostile_requests(data_url(SCENE)).values() if len(case.body) <= largest]
 
     async def client(offset: int) -> None:
@@ -118,9 +121,11 @@ async def hostile_clients(url: str, traffic: Traffic, stop: asyncio.Event, large
                 response = await http.post(
                     "/v1/chat/completions", content=case.body, headers={"content-type": case.content_type}
                 )
-                traffic.bad_ms.append((time.perf_counter() - start) * 1e3)
+                elapsed = time.perf_counter() - start
+                traffic.bad_ms.append(elapsed * 1e3)
                 traffic.bad_status[response.status_code] += 1
                 index += 1
+                await asyncio.sleep(max(0.0, 2 / rate - elapsed))
 
     await asyncio.gather(client(0), client(len(cases) // 2))
 
@@ -154,8 +159,11 @@ async def burst(http_url: str, traffic: Traffic, size: int) -> None:
         async def one() -> None:
             start = time.perf_counter()
             response = await http.post("/v1/chat/completions", json=body)
-            traffic.bad_ms.append((time.perf_counter() - start) * 1e3)
+            ms = (time.perf_counter() - start) * 1e3
+            traffic.bad_ms.append(ms)
             traffic.bad_status[response.status_code] += 1
+            if response.status_code == 429:
+                traffic.refused_ms.append(ms)
 
         await asyncio.gather(*(one() for _ in range(size)))
 
@@ -168,7 +176,8 @@ async def scenario(server: ServerProcess, name: str, args) -> dict:
         extra = []
         if name in ("hostile", "hostile < 1 MB"):
             largest = 2**20 if name == "hostile < 1 MB" else 2**30
-            extra.append(asyncio.create_task(hostile_clients(server.url, traffic, stop, largest)))
+            hostile = hostile_clients(server.url, traffic, stop, largest, args.bad_rate)
+            extra.append(asyncio.create_task(hostile))
         elif name == "abandon":
             extra.append(asyncio.create_task(abandoning_clients(server.port, traffic, stop)))
         elif name == "burst":
@@ -215,6 +224,7 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-adallava-l")
     parser.add_argument("--clients", type=int, default=8, help="good clients")
     parser.add_argument("--requests", type=int, default=96, help="good requests per scenario")
+    parser.add_argument("--bad-rate", type=float, default=20.0, help="hostile requests per second")
     parser.add_argument("--burst", type=int, default=200, help="requests sent at once in the burst scenario")
     parser.add_argument("--max-queue", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
@@ -261,6 +271,8 @@ def main() -> None:
         if row["scenario"] == "baseline":
             row = row | {"scenario": f"baseline (before {row['pair']})"}
         statuses = ", ".join(f"{count} x {status}" for status, count in row["bad_status"].items()) or "-"
+        if row["refused_p95_ms"]:
+            statuses += f" (429 p95 {row['refused_p95_ms']:.0f} ms)"
         print(f"| {row['scenario']} | {row['good_throughput_rps']:.1f} | {row['good_p50_ms']:.0f} | "
               f"{row['good_p95_ms']:.0f} | {row['mean_batch_size']:.1f} | {statuses} | "
               f"{row['bad_max_ms']:.0f} | {row['server_cpu_s']:.1f} | {row['rss_growth_mb']:.0f} |"
