@@ -15,7 +15,12 @@ from adallava.inference.prompts import chat_prompt
 from tests.serving import QUESTIONS, SCENE, chat_body, data_url, live_server, wait_until
 
 JSON = {"content-type": "application/json"}
-LIMITS = {"max_image_bytes": 100_000, "max_image_pixels": 1_000_000, "max_request_bytes": 600_000}
+LIMITS = {
+    "max_image_bytes": 100_000,
+    "max_image_pixels": 1_000_000,
+    "max_request_bytes": 600_000,
+    "max_processed_pixels": 3 * 48 * 48,  # the processor scales the short side to 48
+}
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +181,12 @@ BAD_REQUESTS = {
     "not base64": (_with_image("data:image/png;base64,@@@@"), 400, "invalid_image", "base64"),
     "not an image": (_with_image("data:image/png;base64,aGVsbG8="), 400, "invalid_image", "PIL"),
     "two images": (_two_images(), 400, "invalid_request", "at most 1 image"),
+    "processed image too large": (  # 100x400 -> 48x192 = 9216 pixels > 6912, found before processing
+        _with_image(data_url(Image.new("RGB", (100, 400)))),
+        413,
+        "image_too_large",
+        "48x192",
+    ),
     "prompt longer than the context": (
         chat_body(" ".join(["circle"] * 300)),
         400,
