@@ -21,9 +21,9 @@ from adallava.engine.lean.weights import LayerWeights
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama RMSNorm: x / sqrt(mean(x^2) + eps) computed in float32, scaled by `weight` in the
-    input's dtype (LlamaRMSNorm.forward)."""
-    if hidden.dtype == torch.float32:
-        return hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True).add_(eps)) * weight
+    input's dtype (LlamaRMSNorm.forward). In float32 that is exactly torch's fused `rms_norm`."""
+    if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(hidden, weight.shape, weight, eps)
     x = hidden.float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
     return weight * x.to(hidden.dtype)
@@ -42,21 +42,46 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(x, weight, bias)
+def add_linear(residual: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None):
+    """residual + x @ weight_t (+ bias) in one matmul-accumulate: an nn.Linear whose weight is given
+    transposed, added to the residual stream. residual [N, out], x [N, in], weight_t [in, out]."""
+    out = torch.addmm(residual, x, weight_t)
+    return out if bias is None else out.add_(bias)
 
 
 def projections(x: torch.Tensor, weights, biases, sizes) -> tuple[torch.Tensor, ...]:
     """Several projections of x: one matmul on their concatenated weights (a tensor) and a split, or
     one matmul each (a tuple of weights; see `weights.FUSE_LIMIT_BYTES`)."""
     if isinstance(weights, torch.Tensor):
-        return linear(x, weights, biases).split(sizes, dim=-1)
-    return tuple(linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True))
+        return F.linear(x, weights, biases).split(sizes, dim=-1)
+    return tuple(F.linear(x, weight, bias) for weight, bias in zip(weights, biases, strict=True))
+
+
+def _heads(w: LayerWeights, normed: torch.Tensor, batch: int, length: int, cos, sin):
+    """q [B, Hq, T, Dh], k, v [B, Hkv, T, Dh] of normed [B*T, D], rotary applied to q and k (both at
+    once when the projections are fused: they are neighbours in one tensor)."""
+    q_size, kv_size, _ = w.qkv_sizes
+    if isinstance(w.qkv, torch.Tensor):
+        qkv = F.linear(normed, w.qkv, w.qkv_bias).view(batch, length, -1, w.head_dim).transpose(1, 2)
+        q_heads, kv_heads = q_size // w.head_dim, kv_size // w.head_dim
+        qk = apply_rotary(qkv.narrow(1, 0, q_heads + kv_heads), cos, sin)
+        return (
+            qk.narrow(1, 0, q_heads),
+            qk.narrow(1, q_heads, kv_heads),
+            qkv.narrow(1, q_heads + kv_heads, kv_heads),
+        )
+    q, k, v = (
+        t.view(batch, length, -1, w.head_dim).transpose(1, 2)
+        for t in projections(normed, w.qkv, w.qkv_bias, w.qkv_sizes)
+    )
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
 def attention_block(
     w: LayerWeights,
-    hidden: torch.Tensor,
+    normed: torch.Tensor,
+    batch: int,
+    length: int,
     cos: torch.Tensor,
     sin: torch.Tensor,
     keys: torch.Tensor,
@@ -65,16 +90,12 @@ def attention_block(
     mask: torch.Tensor | None,
     causal: bool,
 ) -> torch.Tensor:
-    """Self-attention of `hidden` [B, T, D] (already normed) writing its keys and values into the
-    preallocated cache `keys`/`values` [B, Hkv, L, Dh] at positions start..start+T-1 and attending
-    to positions 0..start+T-1. cos, sin: from `rotary_tables`, [B, 1, T, Dh]. mask: bool
-    [B, 1, T, S] (True: attend) or None (every key; `causal` then applies the causal rule among the T
-    new tokens). Returns the o_proj output [B, T, D]."""
-    batch, length, _ = hidden.shape
-    q, k, v = projections(hidden, w.qkv, w.qkv_bias, w.qkv_sizes)  # [B, T, H Dh] each
-    q = apply_rotary(q.view(batch, length, -1, w.head_dim).transpose(1, 2), cos, sin)  # [B, Hq, T, Dh]
-    k = apply_rotary(k.view(batch, length, -1, w.head_dim).transpose(1, 2), cos, sin)  # [B, Hkv, T, Dh]
-    v = v.view(batch, length, -1, w.head_dim).transpose(1, 2)
+    """Self-attention of `normed` [B*T, D] (the normed hidden states of B rows of T tokens) writing
+    its keys and values into the preallocated cache `keys`/`values` [B, Hkv, L, Dh] at positions
+    start..start+T-1 and attending to positions 0..start+T-1. cos, sin: from `rotary_tables`,
+    [B, 1, T, Dh]. mask: bool [B, 1, T, S] (True: attend) or None (every key; `causal` then applies
+    the causal rule among the T new tokens). Returns the heads' outputs [B*T, Hq*Dh] (before o_proj)."""
+    q, k, v = _heads(w, normed, batch, length, cos, sin)
     end = start + length
     keys.narrow(2, start, length).copy_(k)
     values.narrow(2, start, length).copy_(v)
@@ -87,13 +108,7 @@ def attention_block(
         scale=w.scaling,
         enable_gqa=w.grouped,
     )  # [B, Hq, T, Dh]
-    return linear(out.transpose(1, 2).reshape(batch, length, -1), w.o, w.o_bias)
-
-
-def mlp_block(w: LayerWeights, hidden: torch.Tensor) -> torch.Tensor:
-    """Gated MLP: down(act(gate(x)) * up(x)) on normed `hidden` [B, T, D]."""
-    gate, up = projections(hidden, w.gate_up, w.gate_up_bias, w.gate_up_sizes)
-    return linear(w.act(gate) * up, w.down, w.down_bias)
+    return out.transpose(1, 2).reshape(batch * length, -1)
 
 
 def decoder_layer(
@@ -107,11 +122,15 @@ def decoder_layer(
     mask: torch.Tensor | None,
     causal: bool,
 ) -> torch.Tensor:
-    """h + attn(norm(h)), then h + mlp(norm(h)); a part whose units are all off (head plans) adds
-    nothing. hidden: [B, T, D] -> [B, T, D]."""
+    """h + o_proj(attn(norm(h))), then h + down(act(gate(norm(h))) * up(norm(h))); a part whose
+    units are all off (head plans) adds nothing. hidden: [B, T, D] -> [B, T, D]."""
+    batch, length, size = hidden.shape
+    flat = hidden.reshape(batch * length, size)
     if w.qkv is not None:
-        normed = rms_norm(hidden, w.input_norm, w.eps)
-        hidden = hidden + attention_block(w, normed, cos, sin, keys, values, start, mask, causal)
+        normed = rms_norm(flat, w.input_norm, w.eps)
+        heads = attention_block(w, normed, batch, length, cos, sin, keys, values, start, mask, causal)
+        flat = add_linear(flat, heads, w.o_t, w.o_bias)
     if w.gate_up is not None:
-        hidden = hidden + mlp_block(w, rms_norm(hidden, w.post_norm, w.eps))
-    return hidden
+        gate, up = projections(rms_norm(flat, w.post_norm, w.eps), w.gate_up, w.gate_up_bias, w.gate_up_sizes)
+        flat = add_linear(flat, w.act(gate) * up, w.down_t, w.down_bias)
+    return flat.view(batch, length, size)

@@ -40,12 +40,12 @@ class LayerWeights:
     qkv: torch.Tensor | tuple | None
     qkv_bias: torch.Tensor | tuple | None
     qkv_sizes: tuple[int, int, int]
-    o: torch.Tensor | None
+    o_t: torch.Tensor | None  # o_proj.weight transposed (a view): [Hq*Dh, D], for addmm
     o_bias: torch.Tensor | None
     gate_up: torch.Tensor | tuple | None
     gate_up_bias: torch.Tensor | tuple | None
     gate_up_sizes: tuple[int, int]
-    down: torch.Tensor | None
+    down_t: torch.Tensor | None  # down_proj.weight transposed (a view): [I, D]
     down_bias: torch.Tensor | None
     act: Callable[[torch.Tensor], torch.Tensor]
     head_dim: int
@@ -86,13 +86,13 @@ def read_layer(layer: nn.Module) -> LayerWeights:
     if attn is not None:
         qkv, qkv_bias = _concatenate(linears[:3], fuse)
         sizes = tuple(linear.weight.shape[0] for linear in linears[:3])
-        o, o_bias = attn.o_proj.weight.detach(), _bias(attn.o_proj)
+        o, o_bias = attn.o_proj.weight.detach().t(), _bias(attn.o_proj)
     gate_up = gate_up_bias = down = down_bias = None
     mlp_sizes = (0, 0)
     if mlp is not None:
         gate_up, gate_up_bias = _concatenate([mlp.gate_proj, mlp.up_proj], fuse)
         mlp_sizes = (mlp.gate_proj.weight.shape[0], mlp.up_proj.weight.shape[0])
-        down, down_bias = mlp.down_proj.weight.detach(), _bias(mlp.down_proj)
+        down, down_bias = mlp.down_proj.weight.detach().t(), _bias(mlp.down_proj)
     kv_heads = sizes[1] // head_dim
     return LayerWeights(
         input_norm=layer.input_layernorm.weight.detach(),
@@ -101,12 +101,12 @@ def read_layer(layer: nn.Module) -> LayerWeights:
         qkv=qkv,
         qkv_bias=qkv_bias,
         qkv_sizes=sizes,
-        o=o,
+        o_t=o,
         o_bias=o_bias,
         gate_up=gate_up,
         gate_up_bias=gate_up_bias,
         gate_up_sizes=mlp_sizes,
-        down=down,
+        down_t=down,
         down_bias=down_bias,
         act=mlp.act_fn if mlp is not None else torch.nn.functional.silu,
         head_dim=head_dim,
