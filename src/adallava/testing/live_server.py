@@ -24,8 +24,6 @@ from pathlib import Path
 import uvicorn
 from PIL import Image
 
-from adallava.serve.server import Server, begin_closing
-
 # Questions about the repository's examples/scene.png, in the world's words.
 QUESTIONS = [
     "what color is the circle ?",
@@ -73,7 +71,7 @@ class LiveServer:
         config = uvicorn.Config(
             app, log_level="warning", timeout_graceful_shutdown=graceful_timeout_s, lifespan="on"
         )
-        self.server = Server(config)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
             target=self.server.run,
             kwargs={"sockets": [self.socket]},
@@ -92,8 +90,11 @@ class LiveServer:
         return self
 
     def begin_shutdown(self) -> None:
-        """What SIGTERM does: stop accepting, let in-flight requests finish, then exit."""
-        begin_closing(self.app)
+        """What SIGTERM does to `adallava serve` (adallava.serve.server.Server): tell the app's batcher
+        (503 from now on), stop accepting, let in-flight requests finish, then exit."""
+        batcher = getattr(getattr(self.app, "state", None), "batcher", None)
+        if batcher is not None:
+            batcher.begin_closing()
         self.server.should_exit = True
 
     def stop(self, timeout_s: float = 30.0) -> None:
