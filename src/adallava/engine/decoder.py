@@ -127,8 +127,10 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         """The HF decoder stack (embeddings, layers, rotary tables, final norm)."""
         raise NotImplementedError
 
-    def embed(self, input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length) -> Embedded:
-        """Token embeddings [B, T, D] of the inputs (a text model refuses pixel_values)."""
+    def embed(self, input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length,
+              lean: bool = False) -> Embedded:  # fmt: skip
+        """Token embeddings [B, T, D] of the inputs (a text model refuses pixel_values). lean: the
+        lean engine's functional vision tower where the model's tower allows it."""
         if pixel_values is not None:
             raise ValueError(
                 f"{type(self).__name__} is text-only and takes no pixel_values; use AdaLlava for Llava models"
@@ -308,10 +310,12 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
 
     # ---- the stages ------------------------------------------------------------------------------
     def _embed_inputs(self, input_ids, pixel_values, inputs_embeds, attention_mask, position_ids, labels,
-                      cache, past_length, use_cache) -> Pass:  # fmt: skip
+                      cache, past_length, use_cache, lean: bool = False) -> Pass:  # fmt: skip
         """Embeddings (images scattered or selected), the attention mask and positions as HF builds
         them, and the KV cache this call writes to."""
-        embedded = self.embed(input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length)
+        embedded = self.embed(
+            input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length, lean
+        )
         hidden, mask = embedded.hidden, embedded.attention_mask
         batch, length = hidden.shape[:2]
         if mask is None:

@@ -11,6 +11,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from adallava.engine import hf_compat
 from adallava.engine.decoder import ADAPTIVE_CONFIG_FILE, ADAPTIVE_WEIGHTS_FILE, AdaptiveDecoder
+from adallava.engine.lean.vision import lean_image_features
 from adallava.engine.outputs import AdaGenerateOutput, AdaLlavaOutput
 from adallava.engine.passes import Embedded
 from adallava.engine.tokens.selection import select_image_tokens, splice_image_tokens
@@ -57,7 +58,8 @@ class AdaLlava(AdaptiveDecoder):
         # embeddings given: one image per row when pixels came with them
         return torch.full_like(real, self.shape.image_tokens_per_image if with_vision else 0)
 
-    def embed(self, input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length) -> Embedded:
+    def embed(self, input_ids, pixel_values, inputs_embeds, attention_mask, labels, past_length,
+              lean: bool = False) -> Embedded:  # fmt: skip
         """Token embeddings with image features scattered into the image-token slots, as HF Llava
         does; with token selection (PruMerge), each row's selected visual tokens instead, rows
         re-laid out left-padded."""
@@ -69,7 +71,10 @@ class AdaLlava(AdaptiveDecoder):
         if inputs_embeds is None:
             inputs_embeds = llava_model.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            features = hf_compat.image_features(llava_model, pixel_values)
+            if lean:
+                features = lean_image_features(llava_model, self.config, pixel_values)
+            else:
+                features = hf_compat.image_features(llava_model, pixel_values)
             features = features.to(inputs_embeds.device, inputs_embeds.dtype)  # [images * tokens, D]
             slots = hf_compat.image_slots(llava_model, input_ids, inputs_embeds, features)
             inputs_embeds = inputs_embeds.masked_scatter(slots, features)

@@ -273,3 +273,23 @@ def test_timings_are_reported(layer_model):
                 return_dict_in_generate=True,
             )
         assert out.prefill_ms > 0 and out.decode_ms > 0
+
+
+@pytest.mark.parametrize("feature_layer, strategy", [(-1, "default"), (-2, "full"), (1, "default")])
+def test_lean_vision_tower_equals_hf(feature_layer, strategy):
+    """Catches: the functional CLIP tower selecting another hidden state than HF (feature layer,
+    class token), or a wrong attention scale, norm or projector."""
+    from adallava.engine import hf_compat
+    from adallava.engine.lean.vision import lean_image_features, lean_vision_reason
+
+    base = tiny_llava(seed=4, num_layers=2, vision_layers=3)
+    base.config.vision_feature_layer = base.model.config.vision_feature_layer = feature_layer
+    base.config.vision_feature_select_strategy = strategy
+    base.model.config.vision_feature_select_strategy = strategy
+    assert lean_vision_reason(base.model, base.config) is None
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf_compat.image_features(base.model, pixels)
+        got = lean_image_features(base.model, base.config, pixels)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)

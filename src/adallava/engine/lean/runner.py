@@ -168,7 +168,7 @@ def lean_generate(
     # HF generate's positions for a left-padded prompt: count real tokens (padding at 0).
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     run = model._embed_inputs(
-        input_ids, pixel_values, None, attention_mask, position_ids, None, None, 0, use_cache=False
+        input_ids, pixel_values, None, attention_mask, position_ids, None, None, 0, use_cache=False, lean=True
     )
     if budget is not None:
         model._insert_latency_token(run, budget)
