@@ -60,6 +60,25 @@ def test_429_comes_before_the_body_is_read_when_requests_in_preparation_fill_the
     assert post(server.url, chat_body()).status_code == 200
 
 
+def test_bodies_being_read_past_max_pending_bytes_are_refused_with_429():
+    # Bug caught: up to --max-queue bodies of --max-request-bytes each (1 GiB by default) held at once.
+    with live_server(max_pending_bytes=16_000) as server:
+        body = json.dumps(chat_body()).encode()
+        assert 1_000 < len(body) < 16_000  # alone it fits; beside the 15 kB one it does not
+        slow = raw_request(server, b"{", content_length=15_000)  # 15 kB declared, still arriving
+        try:
+            wait_until(lambda: server.app.state.metrics.render().count("adallava_preparing_requests 1") == 1)
+            refused = post(server.url, chat_body())
+            assert (
+                refused.status_code == 429
+                and "--max-pending-bytes 16000" in refused.json()["error"]["message"]
+            )
+        finally:
+            slow.close()
+        wait_until(lambda: samples(server.url).get("adallava_preparing_requests") == 0, what="0 preparing")
+        assert post(server.url, chat_body()).status_code == 200  # alone, any body within the limit passes
+
+
 def test_abandoned_queued_requests_are_dropped_and_counted_as_cancelled(server):
     # Bug caught: 16 clients gone after 50 ms still cost 8.4 s of model time and counted as 200.
     before = samples(server.url)

@@ -175,6 +175,7 @@ class Routes:
         self.served, self.batcher, self.metrics, self.settings = served, batcher, metrics, settings
         self.api_key = api_key
         self.preparing = 0  # requests admitted and being read or prepared (event loop only)
+        self.pending_bytes = 0  # their declared body sizes
 
     def add_to(self, app: FastAPI) -> None:
         """Registers the routes (GET ones answer HEAD too) and the page's static files on `app`."""
@@ -262,10 +263,12 @@ class Routes:
         check_content_type(request)
         if self.batcher.closing:
             raise shutting_down()
-        self._admit()
+        declared = min(declared_length(request), self.settings.max_request_bytes)  # more: 413 in read_body
+        self._admit(declared)
         watch = ClientWatch(request)
         try:
             self.preparing += 1
+            self.pending_bytes += declared
             try:
                 try:
                     raw = await read_body(request, self.settings.max_request_bytes)
@@ -277,6 +280,7 @@ class Routes:
                 parsed, prompt = await watch.race(reading, lambda: "preparing")
             finally:
                 self.preparing -= 1
+                self.pending_bytes -= declared
             job = self.batcher.submit(prompt, parsed.budget, parsed.max_tokens, parsed.stream)
             stage = lambda: "running" if job.started else "queued"  # noqa: E731
             rid = completion_id()
@@ -297,18 +301,28 @@ class Routes:
         self._observe(result, arrived)
         return content
 
-    def _admit(self) -> None:
-        """429 before any work when the requests being prepared and those queued fill --max-queue."""
+    def _admit(self, declared: int) -> None:
+        """429 before any work when the requests being prepared and those queued fill --max-queue, or
+        when this body would take the bodies being read and prepared past --max-pending-bytes."""
         waiting = self.preparing + self.batcher.depth
         if waiting >= self.settings.max_queue:
-            raise APIError(
-                429,
-                f"the server is at capacity: {waiting} requests are already waiting (--max-queue "
-                f"{self.settings.max_queue}); retry after {self.settings.retry_after_s} s",
-                type="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
+            raise self._busy(
+                f"{waiting} requests are already waiting (--max-queue {self.settings.max_queue})"
             )
+        if self.preparing and self.pending_bytes + declared > self.settings.max_pending_bytes:
+            raise self._busy(
+                f"{self.pending_bytes} bytes of requests are being read and prepared; this one's "
+                f"{declared} would pass --max-pending-bytes {self.settings.max_pending_bytes}"
+            )
+
+    def _busy(self, why: str) -> APIError:
+        return APIError(
+            429,
+            f"the server is at capacity: {why}; retry after {self.settings.retry_after_s} s",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     def _stream(
         self, job: Job, first, parsed: ParsedRequest, rid: str, arrived: float, deadline: float
@@ -426,6 +440,13 @@ def report(result: Result) -> dict:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+def declared_length(request: Request) -> int:
+    """The body's size as its Content-Length declares it (0 when absent or malformed: read_body
+    still stops at --max-request-bytes)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() and len(value) < 20 else 0
 
 
 def check_content_type(request: Request) -> None:

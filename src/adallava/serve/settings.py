@@ -25,6 +25,9 @@ class Settings:
     """a request not answered within this many seconds gets a 504"""
     max_request_bytes: int = 16 * MiB
     """HTTP body size; larger: 413"""
+    max_pending_bytes: int = 64 * MiB
+    """request bodies (by Content-Length) being read and prepared at once; a request that would pass it
+    waits for none: 429 (one request is always let in, whatever its size within --max-request-bytes)"""
     max_image_bytes: int = 8 * MiB
     """one image's decoded bytes; larger: 413"""
     max_image_pixels: int = 4096 * 4096
