@@ -579,6 +579,8 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         engine: "lean" (the default where the model's layers allow it: `engine.lean.runner`, greedy and
         sampling) or "hf" (Hugging Face `generate`, for what the lean loop does not support, e.g.
         beam search or repetition penalties; the lean engine names such options and points here).
+        `compile=True` (lean): decoding steps run as compiled static-shape graphs
+        (`engine.lean.compiled`; the first step of a new plan and shape compiles).
 
         Deadlines: a budget may be a deadline ("300ms", "0.3s", `Deadline(ms=300)`; per row, mixed with
         fractions): the answer is planned to be complete within it, counted from `deadline_start` (a
@@ -588,6 +590,8 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         predicted and measured ms, met, and the slowdown used."""
         check_generate_kwargs(budget, kwargs)
         engine = self._choose_engine(engine, input_ids, kwargs)
+        if engine == "hf" and kwargs.pop("compile", False):
+            raise ValueError("compile=True is an option of the lean engine; this call runs on engine='hf'")
         deadlines = deadline_rows(budget, 1 if input_ids is None else input_ids.shape[0])
         if deadlines is not None:
             if engine != "lean":
@@ -613,11 +617,12 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             first_token = sink.get("first_token", end)
             sink["prefill_ms"], sink["decode_ms"] = (first_token - started) * 1e3, (end - first_token) * 1e3
             return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
+        compile_steps = bool(kwargs.pop("compile", False))
         sampling, rest = resolve_sampling(self, input_ids.shape[1], kwargs, self.lean_engine.sampling_memo)
         with torch.no_grad():
             result = lean_generate(
                 self, input_ids, attention_mask, rest.get("pixel_values"), budget, plan, sampling, sink,
-                rest.get("streamer"), rest.get("stopping_criteria"), rest.get("generator"),
+                rest.get("streamer"), rest.get("stopping_criteria"), rest.get("generator"), compile_steps,
             )  # fmt: skip
         out = hf_compat.GenerateOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
         sink["prefill_ms"], sink["decode_ms"] = result.prefill_ms, result.decode_ms

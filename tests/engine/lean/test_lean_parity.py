@@ -293,3 +293,40 @@ def test_lean_vision_tower_equals_hf(feature_layer, strategy):
         got = lean_image_features(base.model, base.config, pixels)
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_equals_hf(layer_model):
+    """Catches: the static-shape step (bucketed cache, index_copy_ writes, a mask over every cached
+    position, finished rows decoding padding) diverging from HF. Slow: torch.compile on CPU."""
+    inputs = tiny_inputs(layer_model.config, [5, 9, 3], padding_side="left", seed=14)
+    with torch.no_grad():
+        first = layer_model.generate(
+            **inputs,
+            budget=[0.5, 1.0, 0.75],
+            max_new_tokens=5,
+            min_new_tokens=5,
+            do_sample=False,
+            engine="hf",
+        )
+    eos = int(first[0, inputs["input_ids"].shape[1] + 1])  # row 0 ends mid-answer
+    hf, lean = both(
+        layer_model, inputs, budget=[0.5, 1.0, 0.75], max_new_tokens=5, eos_token_id=eos, pad_token_id=0
+    )
+    with torch.no_grad():
+        compiled = layer_model.generate(
+            **inputs,
+            budget=[0.5, 1.0, 0.75],
+            max_new_tokens=5,
+            eos_token_id=eos,
+            pad_token_id=0,
+            compile=True,
+            do_sample=False,
+            return_dict_in_generate=True,
+            output_logits=True,
+            output_scores=True,
+        )
+    assert_same(hf, compiled, eos)
+    assert layer_model.lean_engine.compiled.events  # the compilation was recorded
+    with pytest.raises(ValueError, match="lean engine"):
+        layer_model.generate(**inputs, max_new_tokens=2, compile=True, engine="hf")

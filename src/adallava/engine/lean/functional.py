@@ -89,20 +89,29 @@ def attention_block(
     start: int,
     mask: torch.Tensor | None,
     causal: bool,
+    write_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-attention of `normed` [B*T, D] (the normed hidden states of B rows of T tokens) writing
     its keys and values into the preallocated cache `keys`/`values` [B, Hkv, L, Dh] at positions
     start..start+T-1 and attending to positions 0..start+T-1. cos, sin: from `rotary_tables`,
     [B, 1, T, Dh]. mask: bool [B, 1, T, S] (True: attend) or None (every key; `causal` then applies
-    the causal rule among the T new tokens). Returns the heads' outputs [B*T, Hq*Dh] (before o_proj)."""
+    the causal rule among the T new tokens). Static shapes (compiled decoding): `write_at` long [T]
+    holds the cache positions to write, and every one of the cache's L positions is attended to under
+    `mask` [B, 1, T, L] (positions not yet written must be masked). Returns the heads' outputs
+    [B*T, Hq*Dh] (before o_proj)."""
     q, k, v = _heads(w, normed, batch, length, cos, sin)
-    end = start + length
-    keys.narrow(2, start, length).copy_(k)
-    values.narrow(2, start, length).copy_(v)
+    if write_at is None:
+        end = start + length
+        keys.narrow(2, start, length).copy_(k)
+        values.narrow(2, start, length).copy_(v)
+        keys, values = keys.narrow(2, 0, end), values.narrow(2, 0, end)
+    else:
+        keys.index_copy_(2, write_at, k)
+        values.index_copy_(2, write_at, v)
     out = F.scaled_dot_product_attention(
         q,
-        keys.narrow(2, 0, end),
-        values.narrow(2, 0, end),
+        keys,
+        values,
         attn_mask=mask,
         is_causal=causal and mask is None and length > 1,
         scale=w.scaling,
@@ -121,14 +130,18 @@ def decoder_layer(
     start: int,
     mask: torch.Tensor | None,
     causal: bool,
+    write_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """h + o_proj(attn(norm(h))), then h + down(act(gate(norm(h))) * up(norm(h))); a part whose
-    units are all off (head plans) adds nothing. hidden: [B, T, D] -> [B, T, D]."""
+    units are all off (head plans) adds nothing. hidden: [B, T, D] -> [B, T, D]. `write_at`: see
+    `attention_block` (static shapes)."""
     batch, length, size = hidden.shape
     flat = hidden.reshape(batch * length, size)
     if w.qkv is not None:
         normed = rms_norm(flat, w.input_norm, w.eps)
-        heads = attention_block(w, normed, batch, length, cos, sin, keys, values, start, mask, causal)
+        heads = attention_block(
+            w, normed, batch, length, cos, sin, keys, values, start, mask, causal, write_at
+        )
         flat = add_linear(flat, heads, w.o_t, w.o_bias)
     if w.gate_up is not None:
         gate, up = projections(rms_norm(flat, w.post_norm, w.eps), w.gate_up, w.gate_up_bias, w.gate_up_sizes)

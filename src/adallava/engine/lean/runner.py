@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from adallava.core.plan import ExecutionPlan
+from adallava.engine.lean.compiled import CompiledSteps, bucket_length
 from adallava.engine.lean.functional import decoder_layer, rms_norm, rotary_tables
 from adallava.engine.lean.program import Program, Unit, layer_row_sets
 from adallava.engine.lean.sampling import Sampling, TokenChooser
@@ -35,6 +36,7 @@ class LeanEngine:
         self.weights = WeightsCache()
         self._rotary: tuple | None = None  # (stamp, cos [P, Dh], sin [P, Dh])
         self.sampling_memo: dict = {}  # resolved generation options (`sampling.resolve_sampling`)
+        self.compiled = CompiledSteps()  # compiled decoding steps (generate(..., compile=True))
 
     def clear(self) -> None:
         self.weights.clear()
@@ -153,6 +155,7 @@ def lean_generate(
     streamer=None,
     stopping_criteria=None,
     generator=None,
+    compile: bool = False,
 ) -> LeanResult:
     """Prefill then decode, greedy or sampled, for a left-padded batch. `sink` receives the prefill's
     plan, budget and costs (as `forward` records them for HF `generate`)."""
@@ -179,6 +182,8 @@ def lean_generate(
     device, dtype = hidden.device, hidden.dtype
     length = hidden.shape[1]
     max_length = length + sampling.max_new_tokens
+    if compile:
+        max_length = bucket_length(max_length)  # static shapes: a few cache lengths, not one per request
     valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
     valid[:, :length] = run.attention_mask.bool()
     cos_table, sin_table = engine.rotary_tables(
@@ -196,7 +201,9 @@ def lean_generate(
     program = batch_state.program
     start_upper = 0
     if run.plan is None:  # budget: the prefix runs for every row, then the scheduler plans
-        _add_units(model, program, engine, range(model.num_prefix), None, batch, max_length, dtype, device)
+        _add_units(
+            model, program, engine, range(model.num_prefix), None, batch, max_length, dtype, device, compile
+        )
         set_step_inputs(program, cos, sin, mask)
         hidden = run_layers(program, hidden, 0, range(model.num_prefix))
         run.hidden = hidden
@@ -212,6 +219,7 @@ def lean_generate(
         max_length,
         dtype,
         device,
+        compile,
     )
     set_step_inputs(program, cos, sin, mask)
     hidden = run_layers(program, hidden, 0, range(start_upper, model.num_layers))
@@ -231,6 +239,7 @@ def lean_generate(
         generator,
         cos_table,
         sin_table,
+        engine.compiled if compile else None,
     )
     sequences = torch.cat([input_ids, decoded.tokens.to(input_ids.device)], dim=1)
     return LeanResult(
@@ -262,10 +271,13 @@ def _decode(
     generator,
     cos_table,
     sin_table,
+    compiled: CompiledSteps | None = None,
 ) -> _Decoded:
     """The decode loop from the prefill's logits [B, V]; prompt_ids [B, T] (what stopping criteria see
-    before the new tokens)."""
+    before the new tokens). compiled: run each step as a compiled static-shape graph (finished rows
+    then keep decoding padding instead of leaving the batch)."""
     text_model = model.text_model
+    running = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # compiled: not finished
     embed = model.get_input_embeddings().weight
     batch, device = logits.shape[0], logits.device
     new_tokens = torch.full(
@@ -280,6 +292,8 @@ def _decode(
     produced = 0
     for step in range(sampling.max_new_tokens):
         scores, chosen = chooser(logits.float(), step)  # [B', V], [B'] for the running rows
+        if compiled is not None:  # finished rows stay in the batch and write padding, as in HF
+            chosen = torch.where(running, chosen, sampling.pad_token_id)
         rows = state.original_rows
         if whole_batch:
             new_tokens[:, step] = chosen
@@ -300,9 +314,15 @@ def _decode(
         if stopping_criteria is not None:
             sequences = torch.cat([prompt_ids, new_tokens[:, :produced].to(prompt_ids.device)], dim=1)
             done = done | stopping_criteria(sequences, scores).to(device).index_select(0, rows)
+        if compiled is not None:
+            done = done | ~running
+            running = ~done
         finished = int(done.sum())
         if finished == done.numel() or produced == sampling.max_new_tokens:
             break
+        if compiled is not None:
+            logits = _compiled_step(model, state, chosen, cos_table, sin_table, compiled)
+            continue
         if finished:
             keep = ~done
             state.drop(keep)
@@ -336,6 +356,31 @@ def _decode(
     )
 
 
+def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled: CompiledSteps):
+    """One decoding step of the whole batch through the compiled static-shape graph."""
+    position = state.next_positions
+    state.valid[:, state.length] = True
+    mask = state.valid[:, None, None, :]  # [B, 1, 1, L]: every cache position, the unwritten masked
+    cos = cos_table.index_select(0, position)[:, None, None]
+    sin = sin_table.index_select(0, position)[:, None, None]
+    write_at = torch.tensor([state.length], device=chosen.device)
+    units = [[(u.weights, u.group.rows, u.keys, u.values) for u in layer] for layer in state.program.layers]
+    structure = tuple(
+        tuple((id(u.weights), _rows_key(u.group.rows)) for u in layer) for layer in state.program.layers
+    )
+    key = (structure, state.size, state.valid.shape[1], chosen.device.type)
+    norm, head = model.text_model.norm, model.base.lm_head
+    logits = compiled(key, units, chosen, model.get_input_embeddings().weight, cos, sin, mask, write_at,
+                      norm.weight, norm.variance_epsilon, head.weight, head.bias)  # fmt: skip
+    state.length += 1
+    state.next_positions = position + 1
+    return logits
+
+
+def _rows_key(rows: torch.Tensor | None) -> tuple | None:
+    return None if rows is None else tuple(rows.tolist())
+
+
 def _whole_batch(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     """[B', V] of the running rows -> [B, V] of the whole batch (zeros for finished rows)."""
     if values.shape[0] == batch:
@@ -353,7 +398,16 @@ def _head(model, text_model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _add_units(
-    model, program: Program, engine, layers: range, plan, batch: int, max_length: int, dtype, device
+    model,
+    program: Program,
+    engine,
+    layers: range,
+    plan,
+    batch: int,
+    max_length: int,
+    dtype,
+    device,
+    zeroed: bool = False,
 ) -> None:
     """Program entries for `layers`: every row (plan None) or the row sets the plan gives, each with
     its weights and a preallocated KV slot [R, Hkv, L, Dh]."""
@@ -376,7 +430,8 @@ def _add_units(
             keys = values = None
             if weights.num_kv_heads:
                 shape = (size, weights.num_kv_heads, max_length, weights.head_dim)
-                keys = torch.empty(shape, dtype=dtype, device=device)
-                values = torch.empty(shape, dtype=dtype, device=device)
+                new = torch.zeros if zeroed else torch.empty  # compiled steps read every position
+                keys = new(shape, dtype=dtype, device=device)
+                values = new(shape, dtype=dtype, device=device)
             units.append(Unit(weights, group, keys, values))
         program.layers[index] = units
