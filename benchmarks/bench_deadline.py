@@ -37,6 +37,7 @@ import math
 import os
 import queue
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -157,18 +158,14 @@ def sequential(work: Workload, budget, requests: int) -> list[dict]:
 
 
 def concurrent(work: Workload, budget, requests: int, clients: int) -> list[dict]:
-    """`clients` closed-loop clients; one worker thread answers their requests one at a time, FIFO,
-    each counted from its arrival (so the queue wait is part of its latency)."""
+    """`clients` closed-loop clients (threads); one worker answers their requests one at a time, FIFO,
+    each counted from its arrival (so the queue wait is part of its latency). The worker is the main
+    thread: torch's intra-op threads (and `torch.set_num_threads`) act on the thread that set them, and
+    a Python thread started later runs its ops on one thread here whatever it sets."""
     inbox: queue.Queue = queue.Queue()
     records: list[dict] = []
     tickets = iter(range(requests))
     lock = threading.Lock()
-
-    def worker() -> None:
-        while (job := inbox.get()) is not None:
-            index, arrival, done = job
-            records.append(one_request(work, index, budget, arrival))
-            done.set()
 
     def client() -> None:
         while True:
@@ -180,15 +177,15 @@ def concurrent(work: Workload, budget, requests: int, clients: int) -> list[dict
             inbox.put((index, time.perf_counter(), done))
             done.wait()
 
-    serving = threading.Thread(target=worker)
-    serving.start()
-    senders = [threading.Thread(target=client) for _ in range(clients)]
+    senders = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for sender in senders:
         sender.start()
+    for _ in range(requests):  # every ticket becomes exactly one job
+        index, arrival, done = inbox.get()
+        records.append(one_request(work, index, budget, arrival))
+        done.set()
     for sender in senders:
         sender.join()
-    inbox.put(None)
-    serving.join()
     return sorted(records, key=lambda r: r["at"])
 
 
@@ -307,8 +304,26 @@ def _num(value) -> str:
 
 
 def quiet_machine() -> dict:
+    """The 1-minute load average and the busiest other processes (`ps`), quiet when load < 0.5."""
     load1 = os.getloadavg()[0]
-    return {"loadavg_1min": load1, "quiet": load1 < 0.5}
+    try:
+        listing = subprocess.run(
+            ["ps", "-eo", "pcpu,comm", "--sort=-pcpu"], capture_output=True, text=True, timeout=5
+        ).stdout.splitlines()[1:6]
+    except (OSError, subprocess.SubprocessError):
+        listing = []
+    return {"loadavg_1min": load1, "quiet": load1 < 0.5, "top_processes": [line.strip() for line in listing]}
+
+
+def wait_for_quiet(limit_s: float, log) -> dict:
+    """Poll the load every 10 s for up to `limit_s` until it is quiet; the last reading."""
+    waited, reading = 0.0, quiet_machine()
+    while not reading["quiet"] and waited < limit_s:
+        log(f"waiting for a quiet machine: load {reading['loadavg_1min']:.2f}")
+        time.sleep(10)
+        waited += 10
+        reading = quiet_machine()
+    return reading | {"waited_s": waited}
 
 
 def acceptance(rows: list[dict], fixed_rows: dict) -> dict:
@@ -343,6 +358,74 @@ def acceptance(rows: list[dict], fixed_rows: dict) -> dict:
             })  # fmt: skip
         out[model] = {"hog1_miss_rates": pooled, "idle_budget_use": budget_use}
     return out
+
+
+def pooled_table(rows: list[dict], model: str, idle_range: bool = False) -> list[str]:
+    """Markdown rows per (condition, clients, policy), pooled over the deadlines of one set."""
+    lines = [
+        "| condition | clients | policy | answered | miss % | refused | p50 / p95 / p99 of latency/deadline "
+        "(worst deadline) | mean fraction | accuracy % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for condition in CONDITIONS:
+        for clients in CLIENTS:
+            for policy in POLICIES:
+                chosen = [
+                    r for r in rows if r["model"] == model and r["condition"] == condition
+                    and r["clients"] == clients and r["policy"] == policy
+                    and bool(r.get("idle_range")) == idle_range
+                ]  # fmt: skip
+                if not chosen:
+                    continue
+                answered = sum(r["answered"] for r in chosen)
+                misses = sum(r["misses"] for r in chosen)
+
+                def worst(key, chosen=chosen):
+                    return max((r[key] for r in chosen if r[key] is not None), default=None)
+
+                def weighted(key, chosen=chosen, answered=answered):
+                    known = [r for r in chosen if r[key] is not None and r["answered"]]
+                    total = sum(r["answered"] for r in known)
+                    return sum(r[key] * r["answered"] for r in known) / total if total else None
+
+                quantiles = " / ".join(
+                    _num(worst(f"p{q}_latency_over_deadline")).strip() for q in (50, 95, 99)
+                )
+                lines.append(
+                    f"| {condition} | {clients} | {policy} | {answered} | "
+                    f"{_pct(misses / answered if answered else None).strip()} | "
+                    f"{sum(r['refusals'] for r in chosen)} | {quantiles} | "
+                    f"{_num(weighted('mean_fraction')).strip()} | {_num(weighted('accuracy')).strip()} |"
+                )
+    return lines
+
+
+def markdown(payload: dict) -> str:
+    """The run as markdown: per model, the pooled tables, the deadlines, and the acceptance figures."""
+    out = []
+    for model, setup in payload["setups"].items():
+        out += [f"### {model}", ""]
+        out.append(
+            f"Deadlines (sequential; x4 with 4 clients): contention {setup['contention_deadlines_ms']} ms, "
+            f"idle range {setup['idle_deadlines_ms']} ms; {setup['requests_per_cell']} requests per cell, "
+            f"first {WARMUP} left out."
+        )
+        out += ["", "Contention deadlines, pooled over the three:", ""]
+        out += pooled_table(payload["rows"], model)
+        out += ["", "Idle-range deadlines (idle machine only), pooled:", ""]
+        out += pooled_table(payload["rows"], model, idle_range=True)
+        out += [
+            "",
+            "| policy | deadline ms | mean fraction | tuned fixed fraction | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for use in payload["acceptance"][model]["idle_budget_use"]:
+            out.append(
+                f"| {use['policy']} | {use['deadline_ms']:.1f} | {_num(use['mean_fraction']).strip()} | "
+                f"{use['fixed_fraction']:.3f} | {100 * use['ratio']:.0f}% |"
+            )
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 def plot(path_episode: Path, path_misses: Path, episodes: dict, rows: list[dict]) -> None:
@@ -419,14 +502,15 @@ def main() -> None:
     parser.add_argument("--stack-new-tokens", type=int, default=2)
     parser.add_argument("--bundled-new-tokens", type=int, default=4)
     parser.add_argument("--hog-seconds", type=float, default=900.0, help="hard limit of each hog process")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load < 0.5 first")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    stack_requests = args.stack_requests or (7 if args.quick else 16)
+    stack_requests = args.stack_requests or (7 if args.quick else 20)
     bundled_requests = args.bundled_requests or (10 if args.quick else 60)
     plan_repeats = 4 if args.quick else 20
     log = lambda text: print(text, flush=True)  # noqa: E731
     began = time.perf_counter()
-    quiet_before = quiet_machine()
+    quiet_before = wait_for_quiet(args.wait_quiet, log)
     log(f"load before: {quiet_before}")
 
     workloads = []
@@ -511,6 +595,9 @@ def main() -> None:
         "episodes": episodes,
     }
     path = write_json("deadline", payload, out_dir)
+    tables = markdown(payload)
+    (out_dir / "deadline.md").write_text(tables)
+    log(tables)
     try:
         plot(out_dir / "deadline_episode.png", out_dir / "deadline_miss_rates.png", episodes, rows)
     except ImportError:
