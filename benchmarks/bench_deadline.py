@@ -36,6 +36,7 @@ import argparse
 import math
 import os
 import queue
+import signal
 import statistics
 import subprocess
 import sys
@@ -505,6 +506,8 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0.0, help="seconds to wait for load < 0.5 first")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
+    # `kill` (SIGTERM) becomes SystemExit, so the hogs' `with` blocks stop them on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stack_requests = args.stack_requests or (7 if args.quick else 20)
     bundled_requests = args.bundled_requests or (10 if args.quick else 60)
     plan_repeats = 4 if args.quick else 20
