@@ -246,6 +246,8 @@ class Routes:
             return await self._complete(request, arrived, deadline)
         except APIError as error:
             self.metrics.requests.inc(label=str(error.status))
+            if error.code == "deadline_infeasible":
+                self.metrics.deadlines.inc(label="infeasible")
             raise
         except ClientGone as gone:
             self.metrics.cancelled.inc(label=gone.stage)
@@ -281,7 +283,9 @@ class Routes:
             finally:
                 self.preparing -= 1
                 self.pending_bytes -= declared
-            job = self.batcher.submit(prompt, parsed.budget, parsed.max_tokens, parsed.stream)
+            job = self.batcher.submit(
+                prompt, parsed.budget, parsed.max_tokens, parsed.stream, arrived, parsed.best_effort
+            )
             stage = lambda: "running" if job.started else "queued"  # noqa: E731
             rid = completion_id()
             if parsed.stream:
@@ -403,6 +407,8 @@ class Routes:
         self.metrics.prompt_tokens.inc(answer.prompt_tokens)
         self.metrics.completion_tokens.inc(answer.completion_tokens)
         self.metrics.prefill_flops.inc(answer.prefill_flops["llm"])
+        if answer.deadline is not None:
+            self.metrics.deadlines.inc(label="met" if answer.deadline["met"] else "missed")
 
 
 def usage(result: Result) -> dict:
@@ -434,6 +440,7 @@ def report(result: Result) -> dict:
             for name in ("prefill_ms", "decode_ms", "total_ms")
         },
         "batch_size": result.batch_size,
+        "deadline": answer.deadline,
         "unknown_words": result.unknown_words,
     }
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from adallava.engine.deadlines import DeadlineInfeasible
 from adallava.inference.answering import Prompt
 from adallava.serve.errors import APIError
 from adallava.serve.settings import Settings
@@ -37,6 +38,8 @@ class Job:
     stream: bool
     loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
+    arrived: float | None = None  # when the request reached the server: a deadline counts from here
+    best_effort: bool = False  # a deadline that cannot be met runs the smallest plan instead of a 400
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False  # the client gave up: skip it, or let generation stop its row
     started: bool = False  # taken into a batch (the model is running it)
@@ -103,7 +106,15 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adallava-model")
         self._task = asyncio.create_task(self._batches())
 
-    def submit(self, prompt: Prompt, budget, max_tokens: int, stream: bool) -> Job:
+    def submit(
+        self,
+        prompt: Prompt,
+        budget,
+        max_tokens: int,
+        stream: bool,
+        arrived: float | None = None,
+        best_effort: bool = False,
+    ) -> Job:
         """Queue a request; 429 when the queue is full, 503 once shutdown has begun."""
         if self.closing or self.queue is None:
             raise APIError(
@@ -122,7 +133,15 @@ class Batcher:
                 code="queue_full",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             )
-        job = Job(prompt, budget, max_tokens, stream, asyncio.get_running_loop())
+        job = Job(
+            prompt,
+            budget,
+            max_tokens,
+            stream,
+            asyncio.get_running_loop(),
+            arrived=arrived,
+            best_effort=best_effort,
+        )
         self.waiting.add(job)
         self.queue.put_nowait(job)
         return job
@@ -189,6 +208,8 @@ def as_api_error(error: Exception) -> APIError:
     Anything else is ours: 500, with the traceback in the server log, not in the response."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, DeadlineInfeasible):
+        return APIError(400, str(error), param="budget", code="deadline_infeasible")
     if isinstance(error, ValueError):
         # The request ran alone, so the model's "row 0" is noise to the client.
         return APIError(400, str(error).replace(" for row 0", ""), code="invalid_request")

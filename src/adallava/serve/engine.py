@@ -5,6 +5,7 @@ makes them and timing the prefill and decoding of each row."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from jinja2 import TemplateError
 from PIL import Image
 
 from adallava.core.cost.pricing import full_llm_flops
+from adallava.core.deadline import Deadline
 from adallava.engine import hf_compat
 from adallava.inference.answering import Answer, Prompt, answer_batch, encode
 from adallava.inference.prompts import conversation_prompt
@@ -183,7 +185,7 @@ class ServedModel:
         """A FLOPs cap against this prompt's full cost, as the model will convert it (prompt tokens plus
         the latency token): a cap below the prefix's cost is a 400 here, not a failed batch later.
         Skipped when the model selects visual tokens (PruMerge): its token count is known only then."""
-        if budget is None or not (isinstance(budget, str) or budget > 1):
+        if budget is None or isinstance(budget, Deadline) or not (isinstance(budget, str) or budget > 1):
             return
         if prompt.pixel_values is not None and self.model.adaptive.token_selection != "none":
             return
@@ -206,18 +208,34 @@ class ServedModel:
 
     def run(self, jobs: Sequence[Job]) -> list[Result]:
         """Worker thread: one greedy generate for the batch, each row under its own budget."""
+        deadline_jobs = [job for job in jobs if isinstance(job.budget, Deadline)]
+        if deadline_jobs:
+            self.model.deadlines.profile  # noqa: B018 -- loaded (or measured, the first time) outside the batch's time
         start = time.perf_counter()
         fanout = TokenFanout(jobs, set(self.model.eos_token_ids))
+        budgets = [remaining_deadline(job, start) for job in jobs]
+        extra = {}
+        if deadline_jobs:  # each deadline counts from its request's arrival: the rest is what is left now
+            extra = {
+                "deadline_start": start,
+                "deadline_best_effort": all(j.best_effort for j in deadline_jobs),
+            }
         answers = answer_batch(
             self.model,
             self.processor,
             [job.prompt for job in jobs],
-            [job.budget for job in jobs],
+            budgets,
             [job.max_tokens for job in jobs],
             streamer=fanout,
             stopping_criteria=hf_compat.StoppingCriteriaList([Abandoned(jobs)]),
+            **extra,
         )
         first = fanout.first_token or time.perf_counter()
+        ended = [end or time.perf_counter() for end in fanout.ended]
+        answers = [
+            deadline_from_arrival(job, answer, start, end)
+            for job, answer, end in zip(jobs, answers, ended, strict=True)
+        ]
         return [
             Result(
                 answer=answer,
@@ -228,6 +246,36 @@ class ServedModel:
             )
             for job, answer, ended in zip(jobs, answers, fanout.ended, strict=True)
         ]
+
+
+def remaining_deadline(job: Job, now: float):
+    """A job's budget for a batch starting at `now`: a deadline shortened by the time since the
+    request arrived (what is left; a tiny positive amount when nothing is, which the planner refuses
+    as infeasible unless best effort was asked for); other budgets as they are."""
+    if not isinstance(job.budget, Deadline):
+        return job.budget
+    waited_ms = (now - (job.arrived or job.submitted)) * 1e3
+    return Deadline(ms=max(job.budget.ms - waited_ms, 1e-3))
+
+
+def deadline_from_arrival(job: Job, answer: Answer, start: float, end: float) -> Answer:
+    """The answer's deadline report seen from the request's arrival: its own deadline, the time it
+    waited before its batch, the prediction plus that wait, and the time from arrival to its last
+    token (met or missed on that)."""
+    if not isinstance(job.budget, Deadline) or answer.deadline is None:
+        return answer
+    arrived = job.arrived or job.submitted
+    measured = (end - arrived) * 1e3
+    waited = (start - arrived) * 1e3
+    report = {
+        **answer.deadline,
+        "deadline_ms": job.budget.ms,
+        "waited_ms": waited,
+        "predicted_ms": answer.deadline["predicted_ms"] + waited,
+        "measured_ms": measured,
+        "met": measured <= job.budget.ms,
+    }
+    return dataclasses.replace(answer, deadline=report)
 
 
 class TokenFanout(hf_compat.BaseStreamer):

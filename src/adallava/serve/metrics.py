@@ -114,6 +114,12 @@ class ServerMetrics:
             "queued, running, streaming); not counted in adallava_requests_total unless a stream had begun",
             "stage",
         )
+        self.deadlines = Counter(
+            "adallava_deadline_requests_total",
+            "requests with a deadline budget, by result: met, missed (answered late), infeasible (refused: "
+            "even the smallest plan was predicted to miss it)",
+            "result",
+        )
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -123,6 +129,7 @@ class ServerMetrics:
         parts = [
             self.requests,
             self.cancelled,
+            self.deadlines,
             self.request_seconds,
             self.queue_seconds,
             self.prefill_seconds,

@@ -51,6 +51,23 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class DeadlineReport(BaseModel):
+    """A deadline budget's plan and outcome, seen from the request's arrival (docs/deadlines.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    deadline_ms: float
+    predicted_ms: float
+    measured_ms: float
+    waited_ms: float
+    met: bool
+    slowdown: float
+    upper_units: int
+    fraction: float
+    threads: int | None = None
+    best_effort: bool = False
+
+
 class Report(BaseModel):
     """adallava's report of what ran (docs/serving.md, Response)."""
 
@@ -68,6 +85,7 @@ class Report(BaseModel):
     generate_decode_ms: float | None = None
     generate_total_ms: float | None = None
     batch_size: int
+    deadline: DeadlineReport | None = None
     unknown_words: list[str]
 
 

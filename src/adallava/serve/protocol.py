@@ -1,7 +1,9 @@
 """The OpenAI chat-completions protocol as adallava serves it: request schema, parsing into a
 conversation, images and a budget (with every limit checked), and the response and chunk bodies.
 
-Accepted beyond OpenAI's schema: `budget` (a fraction in [b_min, 1] or a FLOPs cap such as "2M"),
+Accepted beyond OpenAI's schema: `budget` (a fraction in [b_min, 1], a FLOPs cap such as "2M", or a
+deadline such as "300ms", counted from the request's arrival; `best_effort` runs the smallest plan for
+a deadline that cannot be met instead of refusing it),
 sent as a body field (the `openai` client's `extra_body`). Decoding is greedy; sampling fields
 (`temperature`, `top_p`, `seed`, ...) are accepted for client compatibility and ignored.
 """
@@ -23,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from adallava.core.budget import budget_fractions, parse_budget, parse_flops
+from adallava.core.deadline import Deadline
 from adallava.serve.errors import APIError, bad_request, too_large
 from adallava.serve.settings import Settings
 
@@ -64,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     budget: Any = None  # checked by check_budget, which knows the model's range
+    best_effort: bool = False  # a deadline even the smallest plan cannot meet: run that plan anyway
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
     stream: bool = False
@@ -180,10 +184,11 @@ class ParsedRequest:
 
     messages: list[dict]
     images: list[Image.Image]
-    budget: float | str | None
+    budget: float | str | Deadline | None
     max_tokens: int
     stream: bool
     include_usage: bool
+    best_effort: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,7 @@ def parse_request(request: ChatCompletionRequest, card: ModelCard, settings: Set
         max_tokens=check_max_tokens(request, card, settings),
         stream=request.stream,
         include_usage=bool(request.stream_options and request.stream_options.include_usage),
+        best_effort=request.best_effort,
     )
 
 
@@ -276,10 +282,11 @@ def check_max_tokens(request: ChatCompletionRequest, card: ModelCard, settings: 
     return value
 
 
-def check_budget(value, card: ModelCard) -> float | str | None:
+def check_budget(value, card: ModelCard) -> float | str | Deadline | None:
     """The budget the model gets: absent -> 1.0 (the full model) for an adaptive model, None for a
     base model. Fractions are checked here; a FLOPs cap is checked for syntax here and against the
-    request's own full cost by the model (a cap below the prefix's cost is a 400 then)."""
+    request's own full cost by the model (a cap below the prefix's cost is a 400 then); a deadline
+    ("300ms", "0.3s") is checked for its form here and planned from the request's arrival."""
     if not card.adaptive:
         if value is not None:
             raise bad_request(
@@ -293,19 +300,24 @@ def check_budget(value, card: ModelCard) -> float | str | None:
         return 1.0
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise bad_request(
-            f"budget must be a fraction in [{card.min_budget:g}, 1] or a FLOPs string such as '2M', got "
+            f"budget must be a fraction in [{card.min_budget:g}, 1], a FLOPs string such as '2M' or a "
+            f"deadline such as '300ms', got "
             f"{value!r} ({type(value).__name__})",
             param="budget",
             code="invalid_budget",
         )
     try:
         budget = parse_budget(value) if isinstance(value, str) else float(value)
+    except ValueError as error:  # a deadline in a form that is not accepted ("5 min", "-3ms")
+        raise bad_request(str(error), param="budget", code="invalid_budget") from None
     except OverflowError:  # an integer too large for a float: no FLOPs cap is that large
         raise bad_request(
             f"budget {_short(value)} is too large to be a number of FLOPs (at most about 1.8e308)",
             param="budget",
             code="invalid_budget",
         ) from None
+    if isinstance(budget, Deadline):
+        return budget
     try:
         if isinstance(budget, str) or budget > 1:  # a FLOPs cap; the model converts it per request
             parse_flops(budget)
