@@ -98,3 +98,22 @@ def test_the_page_asks_once_for_the_api_key_of_a_server_that_has_one(browser):
         page.locator(".result .answer").first.wait_for()
         assert len(prompts) == 1 and "API key" in prompts[0]  # asked once, then kept for the tab
         page.close()
+
+
+def test_deadline_mode_shows_whether_the_deadline_was_met(page):
+    """Catches: the page sending the deadline as a fraction, or not showing its outcome."""
+    page.set_input_files("#image", str(SCENE))
+    page.fill("#question", "what color is the circle ?")
+    if page.locator("#compare").is_checked():
+        page.click("#compare")
+    page.click("#deadline-mode")
+    assert page.locator("#budget-a").is_disabled()
+    page.fill("#deadline-ms", "10000")
+    page.click("#ask")
+    card = page.locator(".result").first
+    card.locator(".deadline").wait_for()
+    text = card.locator(".deadline").text_content()
+    assert text.startswith("met:") and "of 10000 ms" in text and "predicted" in text
+    assert "deadline 10000 ms" in card.locator(".budget-value").text_content()
+    page.click("#deadline-mode")  # back to budgets
+    assert not page.locator("#budget-a").is_disabled()

@@ -70,6 +70,7 @@ async function loadModel() {
       $("model-info").textContent = `${entry.id}: base model (no scheduler), every layer runs`;
       $("budgets").hidden = true;
       $("budget-note").hidden = true;
+      $("deadline-row").hidden = true;
       $("compare").parentElement.hidden = true;
     }
     $("max-tokens").max = info.max_tokens_limit;
@@ -163,13 +164,26 @@ function renderResult(tag, budget, data) {
     `prefill ${report.prefill_ms.toFixed(0)} ms · decode ${report.decode_ms.toFixed(0)} ms`;
   card.querySelector(".queue").textContent =
     `${report.queue_ms.toFixed(0)} ms, batch of ${report.batch_size}`;
+  if (report.deadline) {
+    const d = report.deadline;
+    card.querySelector(".budget-value").textContent =
+      `${report.budget.toFixed(2)} (deadline ${d.deadline_ms} ms)`;
+    card.querySelector(".deadline-term").hidden = false;
+    const deadline = card.querySelector(".deadline");
+    deadline.hidden = false;
+    deadline.classList.toggle("missed", !d.met);
+    deadline.textContent =
+      `${d.met ? "met" : "missed"}: ${d.measured_ms.toFixed(0)} ms of ${d.deadline_ms} ms ` +
+      `(predicted ${d.predicted_ms.toFixed(0)} ms, slowdown ${d.slowdown.toFixed(2)})`;
+  }
   return card;
 }
 
 async function onAsk() {
   showError("");
   const compare = $("compare").checked;
-  const runs = [["A", Number($("budget-a").value)]];
+  const deadlineMode = $("deadline-mode").checked;
+  const runs = [["A", deadlineMode ? `${Number($("deadline-ms").value)}ms` : Number($("budget-a").value)]];
   if (compare) runs.push(["B", Number($("budget-b").value)]);
   $("ask").disabled = true;
   $("ask").textContent = "Asking…";
@@ -197,6 +211,11 @@ $("image").addEventListener("change", async (event) => {
   updateAskButton();
 });
 $("question").addEventListener("input", updateAskButton);
+$("deadline-mode").addEventListener("change", () => {
+  const on = $("deadline-mode").checked;
+  $("deadline-ms").disabled = !on;
+  $("budget-a").disabled = on;
+});
 $("question").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !$("ask").disabled) {
     event.preventDefault();
