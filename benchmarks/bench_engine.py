@@ -162,20 +162,15 @@ def separate_projections(model, index: int) -> list[tuple]:
 
 def engine_projections(model, index: int) -> list[tuple]:
     """(weight, bias) of layer `index`'s projections as the lean engine multiplies them: q/k/v and
-    gate/up concatenated where its weights cache fuses them (small layers), separate otherwise."""
+    gate/up concatenated where its weights cache fuses them (small layers), separate otherwise; o and
+    down as the HF modules hold them (same shapes and FLOPs as the engine's own layout)."""
     weights = model.lean_engine.weights.get(model.text_model.layers[index])
-
-    def split(weight, bias) -> list[tuple]:
-        if isinstance(weight, torch.Tensor):
-            return [(weight, bias)]
-        return list(zip(weight, bias, strict=True))
-
-    return (
-        split(weights.qkv, weights.qkv_bias)
-        + [(weights.o, weights.o_bias)]
-        + split(weights.gate_up, weights.gate_up_bias)
-        + [(weights.down, weights.down_bias)]
-    )
+    separate = separate_projections(model, index)  # q, k, v, o, gate, up, down
+    qkv = [(weights.qkv, weights.qkv_bias)] if isinstance(weights.qkv, torch.Tensor) else separate[:3]
+    gate_up = separate[4:6]
+    if isinstance(weights.gate_up, torch.Tensor):
+        gate_up = [(weights.gate_up, weights.gate_up_bias)]
+    return qkv + [separate[3]] + gate_up + [separate[6]]
 
 
 def engine_fuses(model) -> bool:
