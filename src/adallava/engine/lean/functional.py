@@ -21,11 +21,12 @@ from adallava.engine.lean.weights import LayerWeights
 
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama RMSNorm: x / sqrt(mean(x^2) + eps) computed in float32, scaled by `weight` in the
-    input's dtype (LlamaRMSNorm.forward). In float32 that is exactly torch's fused `rms_norm`."""
-    if hidden.dtype == torch.float32 and weight.dtype == torch.float32:
-        return F.rms_norm(hidden, weight.shape, weight, eps)
+    input's dtype (LlamaRMSNorm.forward). Written out in five ops: on CPU, torch's `rms_norm` runs the
+    same ops behind two more dispatch levels."""
+    if hidden.dtype == torch.float32:
+        return hidden * hidden.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_() * weight
     x = hidden.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+    x = x * x.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     return weight * x.to(hidden.dtype)
 
 
