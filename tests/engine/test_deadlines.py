@@ -119,3 +119,16 @@ def test_deadlines_refuse_engine_hf(model):
     inputs = tiny_inputs(model.config, [5], padding_side="left")
     with pytest.raises(ValueError, match="lean engine"):
         generate(model, inputs, "300ms", engine="hf")
+
+
+def test_contention_alone_never_refuses(model):
+    """Catches: a controller that, once contention made every plan look too slow, refuses every
+    request, and so never measures that the contention is over (a lock-out). A deadline the idle
+    machine can meet runs the smallest plan instead; only one below the idle minimum is refused."""
+    inputs = tiny_inputs(model.config, [5], padding_side="left")
+    plan = model.deadlines.controller.plan(100.0, 7, 4)
+    model.deadlines.controller.record(plan, 3.0 * predicted(3, 4), predicted(3, 4))  # 3x slower
+    out = generate(model, inputs, Deadline(ms=predicted(0, 4) + 1))  # 17 ms: idle yes, 3x no
+    assert out.deadline.upper_units == 0 and out.deadline.slowdown >= 3.0
+    with pytest.raises(DeadlineInfeasible, match="even when idle"):
+        generate(model, inputs, Deadline(ms=predicted(0, 4) - 1))

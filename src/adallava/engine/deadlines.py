@@ -43,7 +43,7 @@ class DeadlineInfeasible(ValueError):
         self.deadline_ms, self.minimum_ms, self.slowdown = deadline_ms, minimum_ms, slowdown
         super().__init__(
             f"deadline {deadline_ms:g} ms cannot be met: the smallest plan (prefix layers only) is predicted "
-            f"to take {minimum_ms:.1f} ms here (slowdown {slowdown:.2f}); give a deadline of at least "
+            f"to take {minimum_ms:.1f} ms on this machine even when idle; give a deadline of at least "
             f"{minimum_ms:.0f} ms, or ask for best effort to run the smallest plan anyway (generate's "
             'deadline_best_effort=True, `adallava ask --best-effort`, the server\'s "best_effort": true)'
         )
@@ -148,12 +148,17 @@ class DeadlineKeeper:
         waited_ms: float,
         best_effort: bool,
     ) -> tuple[DeadlinePlan, float, float]:
-        """(plan, fraction for the deadline rows, tightest deadline ms). Raises DeadlineInfeasible."""
+        """(plan, fraction for the deadline rows, tightest deadline ms). Raises DeadlineInfeasible when
+        even the smallest plan misses the deadline *on an idle machine* (slowdown 1), unless best
+        effort was asked for. A deadline that only the current slowdown puts out of reach runs the
+        smallest plan instead of being refused: refusing would also stop the controller from seeing
+        that the contention has ended (a refused request measures nothing)."""
         tightest = min(d.ms for d in deadlines if d is not None)
         plan = self.controller.plan(tightest, prompt_tokens, max_new_tokens, batch, images, waited_ms)
         if not plan.feasible:
-            if not best_effort:
-                raise DeadlineInfeasible(tightest, plan.minimum_ms + waited_ms, plan.slowdown)
+            idle_minimum = plan.minimum_ms / plan.slowdown
+            if idle_minimum > plan.budget_ms and not best_effort:
+                raise DeadlineInfeasible(tightest, idle_minimum + waited_ms, 1.0)
             plan = DeadlinePlan(
                 0,
                 plan.threads,
