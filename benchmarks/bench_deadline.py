@@ -273,26 +273,34 @@ def run_cells(work, profile, condition, deadlines, fixed, requests, clients_list
     return rows
 
 
-def episode(work, profile, deadline_ms, phases, log) -> list[dict]:
-    """The controller through idle -> one hog -> idle: one record per request with its phase."""
-    configure(work.model, "controller", profile)
+def episode(work, profile, policy, deadline_ms, phases, log) -> list[dict]:
+    """A deadline policy through idle -> one hog -> idle, `phases` [(name, seconds)]: one request per
+    deadline period (a stream: the next starts when the previous ends, or one deadline after it
+    started, whichever is later; a refused request does not make the next come sooner)."""
+    configure(work.model, policy, profile)
     budget = f"{deadline_ms:.1f}ms"
     records, index, origin = [], 0, time.perf_counter()
-    for phase, count in phases:
-        hog = CpuHog(processes=1, cores=[0], max_seconds=120) if phase == "hog1" else None
+    for phase, seconds in phases:
+        hog = CpuHog(processes=1, cores=[0], max_seconds=seconds + 30) if phase == "hog1" else None
         if hog:
             hog.start()
         try:
-            for _ in range(count):
-                record = one_request(work, index, budget, time.perf_counter())
-                record.update(phase=phase, t_s=record["at"] - origin)
+            end = time.perf_counter() + seconds
+            while (start := time.perf_counter()) < end:
+                record = one_request(work, index, budget, start)
+                record.update(phase=phase, t_s=start - origin)
                 records.append(record)
                 index += 1
+                time.sleep(max(0.0, start + deadline_ms / 1e3 - time.perf_counter()))
         finally:
             if hog:
                 hog.stop()
     missed = sum(1 for r in records if not r["refused"] and r["latency_ms"] > deadline_ms)
-    log(f"  episode at {deadline_ms:.1f} ms: {len(records)} requests, {missed} missed")
+    refused = sum(r["refused"] for r in records)
+    log(
+        f"  episode, {policy} at {deadline_ms:.1f} ms: {len(records)} requests, {missed} missed, "
+        f"{refused} refused"
+    )
     return records
 
 
@@ -459,7 +467,7 @@ def plot(path_episode: Path, path_misses: Path, episodes: dict, rows: list[dict]
             ax.axvspan(min(hog), max(hog), color="#E69F00", alpha=0.15, label="one core hogged")
         ax.set_xlabel("time (s)")
         ax.set_ylabel("latency (ms)")
-        ax.set_title(f"{model}: controller through a contention episode")
+        ax.set_title(f"{model}: through a contention episode (one request per deadline period)")
         twin = ax.twinx()
         twin.step([r["t_s"] for r in answered], [r["fraction"] for r in answered], where="post",
                   color="#009E73", lw=1, label="budget fraction")  # fmt: skip
@@ -592,10 +600,13 @@ def main() -> None:
         for row in idle_rows:
             row["idle_range"] = True
         rows += idle_rows
-        count = max(10, requests) if args.quick else 2 * requests
-        phases = [("idle", count), ("hog1", 2 * count), ("idle", count)]
-        episodes[work.name] = {"deadline_ms": deadlines[1],
-                               "records": episode(work, profile, deadlines[1], phases, log)}  # fmt: skip
+        seconds = 3.0 if args.quick else 8.0
+        phases = [("idle", seconds), ("hog1", 2 * seconds), ("idle", seconds)]
+        for policy in ("controller", "controller+threads"):
+            episodes[f"{work.name} / {policy}"] = {
+                "deadline_ms": deadlines[1],
+                "records": episode(work, profile, policy, deadlines[1], phases, log),
+            }
 
     quiet_after = quiet_machine()
     out_dir = args.out or RESULTS_DIR
