@@ -8,6 +8,7 @@ from adallava import AdaLlava, AdaptiveConfig
 from adallava.core.budget import parse_budget
 from adallava.core.deadline import Deadline
 from adallava.core.latency_model import LatencyProfile, LinearCost, ProfileKey
+from adallava.engine import hf_compat
 from adallava.engine.deadlines import DeadlineInfeasible, deadline_rows
 from adallava.testing import tiny_inputs, tiny_llava
 
@@ -132,3 +133,91 @@ def test_contention_alone_never_refuses(model):
     assert out.deadline.upper_units == 0 and out.deadline.slowdown >= 3.0
     with pytest.raises(DeadlineInfeasible, match="even when idle"):
         generate(model, inputs, Deadline(ms=predicted(0, 4) - 1))
+
+
+class SteppingClock:
+    """A clock that moves `step_s` seconds each time it is read (deterministic 'slow' tokens)."""
+
+    def __init__(self, step_s: float):
+        self.step_s, self.now = step_s, 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_falling_behind_drops_upper_layers_for_the_rest(model):
+    """Catches: a request that falls behind mid-answer keeping its plan (and missing), or being priced
+    as if it had. Hand computation with PROFILE: the deadline predicted(3, 8) = 55 ms plans 3 upper
+    layers; the clock moves 20 ms per read, so after token 1 (predicted 13 ms) the pace is 20/13, and
+    the remaining 7 steps fit only with 0 upper layers (20 + 20/13 * 7 * 3 = 52.3 <= 55)."""
+    inputs = tiny_inputs(model.config, [5], padding_side="left")
+    model.deadlines.configure(clock=SteppingClock(0.020))
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            budget=Deadline(ms=predicted(3, 8)),
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+        half = model.generate(
+            **inputs,
+            budget=0.5,
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+    assert out.deadline.upper_units == 3 and out.deadline.dropped == ((1, 0),)
+    [(at, later)] = out.plan_changes
+    assert at == 1 and int(later.layers[0, P:].sum()) == 0 and int(out.plan.layers[0, P:].sum()) == 3
+    # every decoding step ran the prefix only: priced exactly as a prefix-only answer's steps
+    assert torch.equal(out.decode_cost.total, half.decode_cost.total)
+    assert out.sequences.shape[1] == inputs["input_ids"].shape[1] + 8
+
+
+def test_tokens_after_a_drop_equal_the_hf_path_with_the_same_switch(model):
+    """The lean engine's answer after dropping layers mid-answer against a step-by-step reference
+    through the HF-layer forward (its own per-layer caches) switching plans at the same token.
+    Catches: rows leaving a layer's unit with the wrong cache rows, or a stale row group."""
+    inputs = tiny_inputs(model.config, [5, 8], padding_side="left", seed=3)
+    model.deadlines.configure(clock=SteppingClock(0.020))
+    with torch.no_grad():
+        out = model.generate(
+            **inputs,
+            budget=Deadline(ms=predicted(3, 8)),
+            max_new_tokens=8,
+            min_new_tokens=8,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+        [(at, later)] = out.plan_changes
+        step = model(**inputs, budget=[out.budget[0].item()] * 2, use_cache=True, logits_to_keep=1)
+        assert torch.equal(step.plan.layers, out.plan.layers)
+        mask, positions = step.attention_mask, step.position_ids
+        cache = hf_compat.output_cache(step)
+        suppress = model.generation_config.suppress_tokens
+        tokens = []
+        for produced in range(1, 9):
+            logits = step.logits[:, -1].clone()
+            logits[:, suppress] = float("-inf")
+            logits[:, model.eos_token_ids] = float("-inf")  # min_new_tokens=8
+            token = logits.argmax(-1)
+            tokens.append(token)
+            if produced == 8:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            plan = later if produced >= at else out.plan
+            step = model(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                plan=plan,
+                use_cache=True,
+            )
+    expected = torch.stack(tokens, dim=1)
+    assert out.sequences[:, inputs["input_ids"].shape[1] :].tolist() == expected.tolist()

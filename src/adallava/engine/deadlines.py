@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from adallava.core.deadline import Deadline, as_deadline, is_deadline_text
-from adallava.core.deadline_controller import DeadlineController, DeadlinePlan
+from adallava.core.deadline_controller import DeadlineController, DeadlinePlan, units_after_falling_behind
 from adallava.core.latency_model import (
     LatencyProfile,
     ProfileKey,
@@ -31,6 +31,7 @@ from adallava.core.latency_model import (
     fraction_for_units,
     load_profile,
     predict_ms,
+    remaining_ms_by_units,
 )
 from adallava.engine import hf_compat
 from adallava.engine.lean.functional import decoder_layer, rms_norm
@@ -63,6 +64,7 @@ class DeadlineReport:
     fraction: float  # the budget fraction the deadline rows ran at
     threads: int | None
     best_effort: bool = False
+    dropped: tuple = ()  # ((k, upper units kept after the k-th token), ...): fell behind mid-answer
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -171,15 +173,76 @@ class DeadlineKeeper:
         return plan, fraction_for_units(self.profile, plan.units), tightest
 
     def record(
-        self, plan: DeadlinePlan, measured_ms: float, prompt_tokens: int, tokens: int, batch: int, images: int
+        self,
+        plan: DeadlinePlan,
+        measured_ms: float,
+        prompt_tokens: int,
+        tokens: int,
+        batch: int,
+        images: int,
+        dropped: tuple = (),
     ) -> None:
         """Learn from a finished call: its run time (queue wait excluded) against the unscaled
-        prediction for what ran (its plan, the tokens it made)."""
-        predicted = predict_ms(
-            self.profile, plan.units, prompt_tokens, max(1, tokens), batch, images
-        ).total_ms
-        if predicted > 0 and measured_ms > 0:
+        prediction for what ran (its plan, the tokens it made, and the upper units it dropped to
+        after falling behind, `dropped`: ((k, units), ...))."""
+        tokens = max(1, tokens)
+        units, done = plan.units, 1
+        predicted = predict_ms(self.profile, units, prompt_tokens, 1, batch, images).total_ms  # to token 1
+        for k, later in (*dropped, (tokens, None)):
+            k = min(k, tokens)
+            predicted += (
+                remaining_ms_by_units(self.profile, prompt_tokens, done, k, batch)[units] if k > done else 0
+            )
+            done, units = k, later if later is not None else units
+        if self.learn and predicted > 0 and measured_ms > 0:
             self.controller.record(plan, measured_ms, predicted)
+
+    def monitor(
+        self, plan: DeadlinePlan, prompt_tokens: int, max_new_tokens: int, batch: int
+    ) -> DeadlineMonitor:
+        """A `DeadlineMonitor` for a call about to run `plan` (its clock starts now)."""
+        return DeadlineMonitor(self.profile, plan, prompt_tokens, max_new_tokens, batch, self.clock)
+
+
+class DeadlineMonitor:
+    """Watches one call token by token: when the rest of the answer at its current upper units is
+    predicted (times the worse of the controller's slowdown and the call's own measured pace so far) to
+    end after the deadline, says how many upper units to keep for the remaining tokens
+    (`core.deadline_controller.units_after_falling_behind`: fewer, never more). Layer switches: a unit
+    is a layer. `dropped` records ((k, units), ...)."""
+
+    def __init__(self, profile: LatencyProfile, plan: DeadlinePlan, prompt_tokens: int, max_new_tokens: int,
+                 batch: int, clock: Callable[[], float]):  # fmt: skip
+        self.profile, self.clock = profile, clock
+        self.units, self.slowdown, self.budget_ms = plan.units, plan.slowdown, plan.budget_ms
+        self.prompt_tokens, self.max_new_tokens, self.batch = prompt_tokens, max_new_tokens, batch
+        self.started = clock()
+        self.dropped: list[tuple[int, int]] = []
+        self._predicted_done = predict_ms(profile, plan.units, prompt_tokens, 1, batch).total_ms  # to token 1
+        self._done = 1
+
+    def __call__(self, tokens_done: int) -> int | None:
+        """Upper units to keep after `tokens_done` tokens, or None to go on as planned."""
+        if tokens_done >= self.max_new_tokens or self.units == 0:
+            return None
+        remaining = remaining_ms_by_units(self.profile, self.prompt_tokens, tokens_done, self.max_new_tokens,
+                                          self.batch)  # fmt: skip
+        if tokens_done > self._done:  # the prediction for what has run so far
+            steps = remaining_ms_by_units(
+                self.profile, self.prompt_tokens, self._done, tokens_done, self.batch
+            )
+            self._predicted_done += steps[self.units]
+            self._done = tokens_done
+        elapsed = (self.clock() - self.started) * 1e3
+        pace = elapsed / self._predicted_done if self._predicted_done > 0 else 1.0
+        keep = units_after_falling_behind(
+            elapsed, self.budget_ms, self.units, remaining, max(self.slowdown, pace)
+        )
+        if keep >= self.units:
+            return None
+        self.units = keep
+        self.dropped.append((tokens_done, keep))
+        return keep
 
 
 def profile_key(model) -> ProfileKey:

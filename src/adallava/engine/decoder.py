@@ -618,11 +618,13 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             sink["prefill_ms"], sink["decode_ms"] = (first_token - started) * 1e3, (end - first_token) * 1e3
             return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
         compile_steps = bool(kwargs.pop("compile", False))
+        monitor = kwargs.pop("deadline_monitor", None)  # internal: set by _generate_for_deadline
         sampling, rest = resolve_sampling(self, input_ids.shape[1], kwargs, self.lean_engine.sampling_memo)
         with torch.no_grad():
             result = lean_generate(
                 self, input_ids, attention_mask, rest.get("pixel_values"), budget, plan, sampling, sink,
                 rest.get("streamer"), rest.get("stopping_criteria"), rest.get("generator"), compile_steps,
+                monitor,
             )  # fmt: skip
         out = hf_compat.GenerateOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
         sink["prefill_ms"], sink["decode_ms"] = result.prefill_ms, result.decode_ms
@@ -652,21 +654,22 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             torch.set_num_threads(plan.threads)
         try:
             ran = time.perf_counter()
-            out = self.generate(input_ids, attention_mask, budget=fractions, engine="lean",
-                                **{**kwargs, "return_dict_in_generate": True})  # fmt: skip
+            monitor = keeper.monitor(plan, prompt_tokens, max_new, batch)
+            options = {**kwargs, "return_dict_in_generate": True, "deadline_monitor": monitor}
+            out = self.generate(input_ids, attention_mask, budget=fractions, engine="lean", **options)
             end = time.perf_counter()
         finally:
             if plan.threads is not None and plan.threads != threads:
                 torch.set_num_threads(threads)
         new = out.sequences[:, input_ids.shape[1] :]
         tokens = int(self.produced_tokens(new.cpu()).max()) if new.numel() else 1
-        keeper.record(plan, (end - ran) * 1e3, prompt_tokens, tokens, batch, images)
+        keeper.record(plan, (end - ran) * 1e3, prompt_tokens, tokens, batch, images, tuple(monitor.dropped))
         measured = (end - start) * 1e3
         out.deadline = DeadlineReport(
             deadline_ms=tightest, predicted_ms=plan.predicted_ms + waited_ms, measured_ms=measured,
             waited_ms=waited_ms, met=measured <= tightest, slowdown=plan.slowdown, upper_units=plan.units,
             fraction=fraction, threads=plan.threads,
-            best_effort=best_effort and plan.predicted_ms > plan.budget_ms,
+            best_effort=best_effort and plan.predicted_ms > plan.budget_ms, dropped=tuple(monitor.dropped),
         )  # fmt: skip
         if kwargs.get("return_dict_in_generate"):
             return out
@@ -686,16 +689,29 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             model_kwargs["plan"] = outputs.plan
 
     def decode_cost(self, prefill_tokens: torch.Tensor, new_tokens: torch.Tensor, plan: ExecutionPlan | None,
-                    limits: torch.Tensor | None = None, eos_token_ids: list[int] | None = None
-                    ) -> BatchCost:  # fmt: skip
+                    limits: torch.Tensor | None = None, eos_token_ids: list[int] | None = None,
+                    plan_changes: list[tuple[int, ExecutionPlan]] | None = None) -> BatchCost:  # fmt: skip
         """FLOPs of each row's decoding steps. The prefill produced the first new token; each later
         token is one step, fed the previous token, up to the row's first end-of-sequence token (and
-        at most `limits[b]` new tokens when given). prefill_tokens, limits: long [B]; new_tokens [B, G]."""
+        at most `limits[b]` new tokens when given). prefill_tokens, limits: long [B]; new_tokens [B, G].
+        plan_changes [(k, later plan), ...] (k increasing): a deadline request that fell behind dropped
+        upper layers after its k-th token, so the steps making tokens k+1, ... ran under `later` (and
+        the steps before under the plan in force then, `plan` first)."""
         eos = self.eos_token_ids if eos_token_ids is None else eos_token_ids
         produced = produced_tokens(new_tokens.cpu(), eos)  # [B]
         if limits is not None:
             produced = torch.minimum(produced, limits.cpu())
-        return price_decode(self.shape, prefill_tokens, (produced - 1).clamp(min=0), plan)
+        steps = (produced - 1).clamp(min=0)  # [B]; step s makes token s + 1
+        segments = [(1, plan), *(plan_changes or [])]
+        cost = None
+        for (first, segment_plan), (following, _) in zip(
+            segments, [*segments[1:], (None, None)], strict=True
+        ):
+            done_before = torch.full_like(steps, first - 1).clamp(max=steps)  # steps before this segment
+            last = steps if following is None else steps.clamp(max=following - 1)
+            part = price_decode(self.shape, prefill_tokens + done_before, last - done_before, segment_plan)
+            cost = part if cost is None else cost + part
+        return cost
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -58,7 +58,11 @@ def generate_output(model, out, original_ids, input_ids, plan, sink: dict, eos_t
     decode = None
     if "cost" in sink:
         decode = model.decode_cost(
-            sink["prefill_tokens"], new_tokens, sink.get("plan"), eos_token_ids=eos_token_ids
+            sink["prefill_tokens"],
+            new_tokens,
+            sink.get("plan"),
+            eos_token_ids=eos_token_ids,
+            plan_changes=sink.get("plan_changes"),
         )
     return AdaGenerateOutput(
         sequences=sequences,
@@ -68,6 +72,7 @@ def generate_output(model, out, original_ids, input_ids, plan, sink: dict, eos_t
         full_prefill_cost=sink.get("full_cost"),
         decode_cost=decode,
         prefill_tokens=sink.get("prefill_tokens"),
+        plan_changes=sink.get("plan_changes"),
         prefill_ms=sink.get("prefill_ms"),
         decode_ms=sink.get("decode_ms"),
         **fields,

@@ -49,7 +49,9 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     `decode_cost` can price a row cut shorter than the batch (a server's per-request limit).
     `prefill_ms` / `decode_ms`: wall-clock of the prefill (up to the first new token) and of the
     decoding steps after it, for the whole batch. `deadline`: for deadline budgets, the
-    `engine.deadlines.DeadlineReport` (predicted and measured ms, met, slowdown)."""
+    `engine.deadlines.DeadlineReport` (predicted and measured ms, met, slowdown). `plan_changes`:
+    [(k, later plan), ...] when a deadline request fell behind and dropped upper layers after its k-th
+    token (`plan` is then the prefill's plan; `decode_cost` prices each part under its own plan)."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
@@ -60,3 +62,4 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     prefill_ms: float | None = None
     decode_ms: float | None = None
     deadline: object | None = None
+    plan_changes: list | None = None

@@ -179,7 +179,7 @@ def answer_batch(
     new = out.sequences[:, inputs["input_ids"].shape[1] :].cpu()  # [B, G]
     limits = torch.tensor(list(max_new_tokens))  # [B]
     produced = torch.minimum(model.produced_tokens(new), limits)  # [B] tokens each row computed
-    decode = model.decode_cost(out.prefill_tokens, new, out.plan, limits)
+    decode = model.decode_cost(out.prefill_tokens, new, out.plan, limits, plan_changes=out.plan_changes)
     eos = set(model.eos_token_ids)
     plans = _plans(model.num_layers, out.plan, len(prompts))
     answers = []

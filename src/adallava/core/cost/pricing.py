@@ -48,6 +48,12 @@ class BatchCost:
     def __getitem__(self, row: int) -> Cost:
         return self.rows[row]
 
+    def __add__(self, other: BatchCost) -> BatchCost:
+        """Row by row, the cost of both (e.g. decoding steps before and after a plan change)."""
+        if len(self) != len(other):
+            raise ValueError(f"cannot add costs of {len(self)} and {len(other)} rows")
+        return BatchCost(tuple(a + b for a, b in zip(self.rows, other.rows, strict=True)))
+
     def summary(self, row: int) -> dict[str, int]:
         """{vision, llm, lm_head, total} FLOPs of one row, JSON-ready."""
         cost = self.rows[row]

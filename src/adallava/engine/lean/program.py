@@ -54,10 +54,27 @@ class Program:
         """The group of `rows` (long [R], sorted), shared by every layer those rows run."""
         if rows is not None and rows.numel() == batch:
             rows = None  # every row: no slicing at all
-        key = ("all",) if rows is None else tuple(rows.tolist())
+        key = _key(rows)
         if key not in self.groups:
             self.groups[key] = RowGroup(rows)
         return self.groups[key]
+
+    def reindex(self, batch: int) -> None:
+        """After the rows of groups changed (finished rows left the batch): key each group by its new
+        rows and merge groups that now hold the same rows."""
+        merged: dict[tuple, RowGroup] = {}
+        for group in self.groups.values():
+            if group.rows is not None and group.rows.numel() == batch:
+                group.rows = None
+            merged.setdefault(_key(group.rows), group)
+        for units in self.layers:
+            for unit in units:
+                unit.group = merged[_key(unit.group.rows)]
+        self.groups = merged
+
+
+def _key(rows: torch.Tensor | None) -> tuple:
+    return ("all",) if rows is None else tuple(rows.tolist())
 
 
 def layer_row_sets(

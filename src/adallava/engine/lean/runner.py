@@ -107,6 +107,7 @@ class _Batch:
                     unit.values = unit.values.index_select(0, unit.group.keep)
         for group in self.program.groups.values():
             del group.keep
+        self.program.reindex(int(kept.numel()))
         self.valid = self.valid.index_select(0, kept)
         self.next_positions = self.next_positions.index_select(0, kept)
         self.original_rows = self.original_rows.index_select(0, kept)
@@ -156,9 +157,13 @@ def lean_generate(
     stopping_criteria=None,
     generator=None,
     compile: bool = False,
+    monitor=None,
 ) -> LeanResult:
     """Prefill then decode, greedy or sampled, for a left-padded batch. `sink` receives the prefill's
-    plan, budget and costs (as `forward` records them for HF `generate`)."""
+    plan, budget and costs (as `forward` records them for HF `generate`), and the plan changes a
+    `monitor` made. monitor(tokens_done) -> upper units to keep per row for the remaining tokens, or
+    None: a deadline request falling behind drops upper layers mid-answer (layer plans, eager only;
+    see `LayerDropper`)."""
     started = time.perf_counter()
     engine = model.lean_engine
     text_model = model.text_model
@@ -228,6 +233,10 @@ def lean_generate(
     model._price_pass(run, 1, sink)
     if base_mode:
         sink["plan"], sink["budget"] = None, None
+    dropper = None
+    if monitor is not None and not compile and run.plan is not None and run.plan.heads is None:
+        dropper = LayerDropper(model, run.plan, run.scheduler_logits, monitor)
+        sink["plan_changes"] = dropper.changes
     decoded = _decode(
         model,
         batch_state,
@@ -240,6 +249,7 @@ def lean_generate(
         cos_table,
         sin_table,
         engine.compiled if compile else None,
+        dropper,
     )
     sequences = torch.cat([input_ids, decoded.tokens.to(input_ids.device)], dim=1)
     return LeanResult(
@@ -272,6 +282,7 @@ def _decode(
     cos_table,
     sin_table,
     compiled: CompiledSteps | None = None,
+    dropper: LayerDropper | None = None,
 ) -> _Decoded:
     """The decode loop from the prefill's logits [B, V]; prompt_ids [B, T] (what stopping criteria see
     before the new tokens). compiled: run each step as a compiled static-shape graph (finished rows
@@ -328,6 +339,8 @@ def _decode(
             state.drop(keep)
             chosen = chosen[keep]
             whole_batch = False
+        if dropper is not None:
+            dropper(produced, state)
         # one decoding step for the running rows
         position = state.next_positions  # [B']
         mask = None
@@ -354,6 +367,66 @@ def _decode(
         prefill_end or end,
         end,
     )
+
+
+class LayerDropper:
+    """Mid-generation, for a deadline request falling behind: after each token, asks `monitor` how many
+    upper layers each row may keep for its remaining tokens and, when fewer than it runs, switches off
+    each row's lowest-priority executed upper layers (by its scheduler logits; for an explicit plan,
+    the deepest first) in the running program: their rows leave those layers' units and KV caches.
+    Turning layers off is safe (a layer a row stops running simply has no later keys); turning them on
+    is never done (its keys for the earlier tokens were never computed). `changes` lists (k, plan after
+    the k-th token) for pricing."""
+
+    def __init__(self, model, plan: ExecutionPlan, scheduler_logits: torch.Tensor | None, monitor):
+        self.model, self.plan, self.monitor = model, plan, monitor
+        self.priority = None if scheduler_logits is None else scheduler_logits.float().cpu()  # [B, N - P]
+        self.changes: list[tuple[int, ExecutionPlan]] = []
+
+    def __call__(self, produced: int, state: _Batch) -> None:
+        keep = self.monitor(produced)
+        if keep is None:
+            return
+        prefix = self.model.num_prefix
+        layers = self.plan.layers.cpu().clone()  # [B, N] original rows
+        for row in state.original_rows.tolist():
+            upper = [i for i in range(prefix, layers.shape[1]) if layers[row, i]]
+            if len(upper) <= keep:
+                continue
+            if self.priority is None:
+                ranked = upper  # an explicit plan: keep the shallowest
+            else:
+                ranked = sorted(upper, key=lambda i: -float(self.priority[row, i - prefix]))
+            for index in ranked[keep:]:
+                layers[row, index] = False
+        if torch.equal(layers, self.plan.layers.cpu()):
+            return
+        _leave_layers(state, layers.to(state.valid.device))
+        self.plan = ExecutionPlan(layers.to(self.plan.layers.device))
+        self.changes.append((produced, self.plan))
+
+
+def _leave_layers(state: _Batch, layers: torch.Tensor) -> None:
+    """Take running rows out of the units of the layers they no longer run (layers: bool [B, N] over
+    original rows)."""
+    program = state.program
+    for index, units in enumerate(program.layers):
+        kept_units = []
+        for unit in units:
+            rows = unit.group.rows
+            running = torch.arange(state.size, device=layers.device) if rows is None else rows
+            stays = layers[state.original_rows.index_select(0, running), index]  # bool [R]
+            if bool(stays.all()):
+                kept_units.append(unit)
+                continue
+            if not bool(stays.any()):
+                continue  # no row runs this layer any more
+            inside = stays.nonzero().flatten()
+            group = program.group(running.index_select(0, inside), state.size)
+            keys = None if unit.keys is None else unit.keys.index_select(0, inside)
+            values = None if unit.values is None else unit.values.index_select(0, inside)
+            kept_units.append(Unit(unit.weights, group, keys, values))
+        program.layers[index] = kept_units
 
 
 def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled: CompiledSteps):
