@@ -221,3 +221,14 @@ def test_tokens_after_a_drop_equal_the_hf_path_with_the_same_switch(model):
             )
     expected = torch.stack(tokens, dim=1)
     assert out.sequences[:, inputs["input_ids"].shape[1] :].tolist() == expected.tolist()
+
+
+def test_the_thread_lever_is_on_for_multithreaded_cpu(model, monkeypatch):
+    """Catches: the controller left without its second lever on a CPU (where one competing process
+    slows a 2-thread decode step ~10x and one thread on the free core much less)."""
+    from adallava.engine.deadlines import default_thread_counts
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert default_thread_counts(model) == (2, 1)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_thread_counts(model) == (None,)

@@ -92,7 +92,7 @@ class DeadlineKeeper:
         model,
         profile: LatencyProfile | None = None,
         clock: Callable[[], float] = time.monotonic,
-        thread_counts=(None,),
+        thread_counts=None,
         learn: bool = True,
         **controller_options,
     ):
@@ -118,7 +118,10 @@ class DeadlineKeeper:
     @property
     def controller(self) -> DeadlineController:
         if self._controller is None:
-            self._controller = DeadlineController(self.profile, clock=self.clock, **self._options)
+            options = dict(self._options)
+            if options["thread_counts"] is None:
+                options["thread_counts"] = default_thread_counts(self.model)
+            self._controller = DeadlineController(self.profile, clock=self.clock, **options)
         return self._controller
 
     def configure(
@@ -243,6 +246,17 @@ class DeadlineMonitor:
         self.units = keep
         self.dropped.append((tokens_done, keep))
         return keep
+
+
+def default_thread_counts(model) -> tuple:
+    """The thread counts the controller chooses between: on a CPU running several torch threads, the
+    current count and 1 (one busy core makes every multi-threaded op wait for the thread that shares
+    it: measured here, a 2-thread decode step under one competing process ran up to 10x slower, one
+    thread on the free core far less: docs/deadlines.md); elsewhere the thread count is left alone."""
+    threads = torch.get_num_threads()
+    if next(model.parameters()).device.type == "cpu" and threads > 1:
+        return (threads, 1)
+    return (None,)
 
 
 def profile_key(model) -> ProfileKey:
