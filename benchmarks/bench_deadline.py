@@ -118,12 +118,8 @@ def bundled_workload(max_new_tokens: int, per_family: int) -> Workload:
 def configure(model, policy: str, profile) -> None:
     """A fresh controller for the policy (deadline policies); fraction policies ignore it."""
     keeper = model.deadlines
-    keeper.__dict__.pop("record", None)
     if policy == "profile":
         keeper.configure(profile=profile, learn=False, thread_counts=(None,))
-        # DeadlineKeeper.record does not read `learn` yet (it stores it only), so without this the
-        # no-controller baseline would learn a slowdown too: record nothing for it here.
-        keeper.record = lambda *args, **kwargs: None
     elif policy == "controller":
         keeper.configure(profile=profile, learn=True, thread_counts=(None,))
     elif policy == "controller+threads":
