@@ -100,7 +100,10 @@ class DeadlineKeeper:
         self.clock = clock
         self.learn = learn  # False: plan from the profile alone (slowdown 1), a baseline
         self._profile = profile
-        self._options = {"thread_counts": thread_counts, **controller_options}
+        # Trying the other thread count is a risk under contention (a 2-thread step with one core busy
+        # has tails of 10x): every 100 requests, not 25, still finds an idle machine again within
+        # seconds on a busy server.
+        self._options = {"thread_counts": thread_counts, "explore_every": 100, **controller_options}
         self._controller: DeadlineController | None = None
 
     @property
