@@ -556,7 +556,7 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
             return engine
         new = kwargs.get("max_new_tokens") or self.generation_config.max_new_tokens or 0
         length = None if input_ids is None else input_ids.shape[1] + new + 1  # + the latency token
-        reason = unsupported_reason(self.text_model, length)
+        reason = unsupported_reason(self.text_model, length, self.lean_engine.structure_memo)
         if reason is None and input_ids is None:
             reason = "it needs input_ids (not inputs_embeds)"
         if reason is None and self.training:

@@ -330,3 +330,32 @@ def test_compiled_decoding_equals_hf(layer_model):
     assert layer_model.lean_engine.compiled.events  # the compilation was recorded
     with pytest.raises(ValueError, match="lean engine"):
         layer_model.generate(**inputs, max_new_tokens=2, compile=True, engine="hf")
+
+
+def test_an_adapter_added_after_a_lean_call_is_not_ignored():
+    """Catches: a cached structure verdict or weight copy that misses a projection wrapped after the
+    first call (a LoRA-style adapter): the lean engine would silently drop the adapter's delta."""
+    from torch import nn
+
+    class Adapter(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.delta = inner, nn.Linear(inner.in_features, inner.out_features, bias=False)
+            nn.init.normal_(self.delta.weight, std=0.5)
+
+        def forward(self, x):
+            return self.inner(x) + self.delta(x)
+
+    model = adaptive(seed=13)
+    inputs = tiny_inputs(model.config, [5], padding_side="left", seed=15)
+    with torch.no_grad():
+        model.generate(**inputs, budget=1.0, max_new_tokens=3)  # lean, caches filled
+        attn = model.text_model.layers[4].self_attn
+        attn.q_proj = Adapter(attn.q_proj)
+        default = model.generate(**inputs, budget=1.0, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        hf = model.generate(
+            **inputs, budget=1.0, max_new_tokens=4, min_new_tokens=4, do_sample=False, engine="hf"
+        )
+        with pytest.raises(ValueError, match="wrapped projections"):
+            model.generate(**inputs, budget=1.0, max_new_tokens=2, engine="lean")
+    assert default.tolist() == hf.tolist()

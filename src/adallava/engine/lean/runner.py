@@ -37,11 +37,13 @@ class LeanEngine:
         self._rotary: tuple | None = None  # (stamp, cos [P, Dh], sin [P, Dh])
         self.sampling_memo: dict = {}  # resolved generation options (`sampling.resolve_sampling`)
         self.compiled = CompiledSteps()  # compiled decoding steps (generate(..., compile=True))
+        self.structure_memo: dict = {}  # `weights.unsupported_reason`'s per-layer verdict
 
     def clear(self) -> None:
         self.weights.clear()
         self._rotary = None
         self.sampling_memo.clear()
+        self.structure_memo.clear()
 
     def rotary_tables(self, text_model, positions: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, signed sin (`functional.rotary_tables`) [P >= positions, Dh] for positions 0..P-1 as the

@@ -38,6 +38,18 @@ def _transformer(tower):
     return getattr(tower, "vision_model", tower)
 
 
+def _patch_embeddings(conv, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The patch convolution (kernel = stride = patch size, no padding) as one matmul over the image's
+    non-overlapping patches: [N, C, H, W] -> [N, G*G, D], patches in row-major order as `flatten(2)`
+    of the convolution's output gives them."""
+    images, channels, height, width = pixel_values.shape
+    patch = conv.kernel_size[0]
+    grid_h, grid_w = height // patch, width // patch
+    x = pixel_values.to(conv.weight.dtype).reshape(images, channels, grid_h, patch, grid_w, patch)
+    x = x.permute(0, 2, 4, 1, 3, 5).reshape(images, grid_h * grid_w, channels * patch * patch)
+    return F.linear(x, conv.weight.reshape(conv.weight.shape[0], -1), conv.bias)
+
+
 def _encoder_layer(layer, hidden: torch.Tensor) -> torch.Tensor:
     """One CLIP encoder layer (pre-LN, non-causal attention): [N, S, D] -> [N, S, D]."""
     attn, mlp = layer.self_attn, layer.mlp
@@ -64,10 +76,10 @@ def lean_image_features(llava_model, config, pixel_values: torch.Tensor) -> torc
     vision = _transformer(llava_model.vision_tower)
     embeddings = vision.embeddings
     size = embeddings.image_size
-    if tuple(pixel_values.shape[-2:]) != (size, size):
+    conv = embeddings.patch_embedding
+    if tuple(pixel_values.shape[-2:]) != (size, size) or conv.stride != conv.kernel_size or any(conv.padding):
         return hf_compat.image_features(llava_model, pixel_values)  # HF interpolates or explains
-    patches = embeddings.patch_embedding(pixel_values.to(embeddings.patch_embedding.weight.dtype))
-    patches = patches.flatten(2).transpose(1, 2)  # [N, G*G, D]
+    patches = _patch_embeddings(embeddings.patch_embedding, pixel_values)  # [N, G*G, D]
     cls = embeddings.class_embedding.expand(patches.shape[0], 1, -1)
     hidden = torch.cat([cls, patches], dim=1) + embeddings.position_embedding.weight[: patches.shape[1] + 1]
     norm = vision.pre_layrnorm

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adallava.engine.sliced import weights_fingerprint
-
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # tables that do not depend on the length
 FUSE_LIMIT_BYTES = 32 * 2**20  # concatenate a layer's projections when their copy stays below this
@@ -116,16 +114,52 @@ def read_layer(layer: nn.Module) -> LayerWeights:
     )
 
 
+WEIGHT_MODULES = (
+    "input_layernorm", "post_attention_layernorm", "self_attn", "self_attn.q_proj", "self_attn.k_proj",
+    "self_attn.v_proj", "self_attn.o_proj", "mlp", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+)  # fmt: skip
+
+
+def layer_modules(layer: nn.Module) -> tuple:
+    """The modules of a layer that hold the weights the lean engine reads (None where a sliced
+    head-plan layer has no attention or MLP): replacing one (an adapter wrapping q_proj, a new
+    Linear) changes this tuple's identities."""
+    found = []
+    for path in WEIGHT_MODULES:
+        module = layer
+        for name in path.split("."):
+            module = getattr(module, name, None) if module is not None else None
+        found.append(module)
+    return tuple(found)
+
+
+def _stamp(modules: tuple) -> tuple:
+    """Identity of each weight module, and storage, dtype, device and version of each parameter
+    (the fingerprint of `sliced.weights_fingerprint`, read from the known modules only: walking
+    `layer.parameters()` costs more than the decoding step of a small layer)."""
+    stamp = []
+    for module in modules:
+        stamp.append(id(module))
+        if module is None:
+            continue
+        for name in ("weight", "bias"):
+            p = module._parameters.get(name) if hasattr(module, "_parameters") else None
+            if p is not None:
+                stamp.append((p.data_ptr(), p.dtype, p.device, None if p.is_inference() else p._version))
+    return tuple(stamp)
+
+
 class WeightsCache:
-    """`LayerWeights` per module, read once and kept while the module's parameters are unchanged
-    (same storage, dtype, device and version counter). Keys are the modules themselves (weakly held),
-    so sliced head-plan layers dropped by their own cache are dropped here too."""
+    """`LayerWeights` per module, read once and kept while the layer's weight modules are the same
+    objects and their parameters unchanged (same storage, dtype, device and version counter). Keys
+    are the modules themselves (weakly held), so sliced head-plan layers dropped by their own cache
+    are dropped here too."""
 
     def __init__(self):
         self._entries: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, layer: nn.Module) -> LayerWeights:
-        stamp = weights_fingerprint(layer)
+        stamp = _stamp(layer_modules(layer))
         entry = self._entries.get(layer)
         if entry is None or entry[0] != stamp:
             entry = (stamp, read_layer(layer))
@@ -136,12 +170,15 @@ class WeightsCache:
         self._entries.clear()
 
 
-def unsupported_reason(text_model: nn.Module, max_length: int | None = None) -> str | None:
+def unsupported_reason(
+    text_model: nn.Module, max_length: int | None = None, memo: dict | None = None
+) -> str | None:
     """Why the lean engine cannot run this decoder stack on sequences of up to `max_length` positions
     (None: it can): it runs pre-norm Llama, Qwen2 and Mistral layers with full attention (a sliding
     window is fine while the sequence fits in it), a rotary table that does not depend on the sequence
     length, and plain `nn.Linear` projections (adapters such as PEFT's LoRA wrappers are not read:
-    merge them first, or use engine='hf')."""
+    merge them first, or use engine='hf'). `memo` (a dict the caller keeps) remembers the per-layer
+    verdict while every layer's weight modules are the same objects."""
     config = text_model.config
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -161,6 +198,15 @@ def unsupported_reason(text_model: nn.Module, max_length: int | None = None) -> 
         return (
             f"its rotary embedding is {rope_type!r}; the lean engine supports {', '.join(STATIC_ROPE_TYPES)}"
         )
+    if memo is None:
+        return _layers_reason(text_model)
+    key = tuple(id(m) for layer in text_model.layers for m in (layer, *layer_modules(layer)))
+    if memo.get("key") != key:
+        memo["key"], memo["reason"] = key, _layers_reason(text_model)
+    return memo["reason"]
+
+
+def _layers_reason(text_model: nn.Module) -> str | None:
     for index, layer in enumerate(text_model.layers):
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         parts = [getattr(layer, "input_layernorm", None), getattr(layer, "post_attention_layernorm", None)]
