@@ -190,3 +190,15 @@ def test_live_slowdown():
     assert live_slowdown(300.0, 100.0) == 3.0
     with pytest.raises(ValueError, match="predicted_elapsed_ms"):
         live_slowdown(300.0, 0.0)
+
+
+def test_quantile_bounds():
+    """Catches: q = 1 (the maximum, a valid choice) refused, or q > 1 accepted."""
+    from adallava.core.deadline_controller import nearest_rank_quantile
+
+    assert nearest_rank_quantile([3.0, 1.0, 2.0], 1.0) == 3.0
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="q"):
+            nearest_rank_quantile([1.0], bad)
+    with pytest.raises(ValueError, match="at least one value"):
+        nearest_rank_quantile([], 0.5)

@@ -224,3 +224,40 @@ def test_default_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_folder() == tmp_path / "home" / ".cache" / "adallava" / "latency"
     assert profile_path(KEY) == default_cache_folder() / KEY.file_name()
+
+
+def test_decode_step_costs_scale_with_the_units_run():
+    """Catches: an upper unit's fixed decode cost divided by the unit count instead of multiplied
+    (invisible with the 1.0 ms used above). Hand computation: 4 new tokens = 3 steps, each
+    step_overhead 1 + 2 prefix * 0.5 + u * 2.5 + lm_head 0.75, context terms zero."""
+    flat = profile(
+        decode_prefix_layer=LinearCost(0.5, 0.0),
+        decode_upper_unit=LinearCost(2.5, 0.0),
+        lm_head=LinearCost(0.5, 0.25),
+    )
+    for units in (0, 1, 2):
+        expected = 3 * (1.0 + 2 * 0.5 + units * 2.5 + 0.75)
+        assert predict_ms(flat, units, prompt_tokens=10, max_new_tokens=4).decode_ms == pytest.approx(
+            expected
+        )
+
+
+def test_defaults_are_one_row_and_no_image():
+    """Catches: a default of one image (a text-only request would pay the vision tower) or of two
+    rows (every token count doubled)."""
+    p = profile()
+    assert predict_ms(p, 1, 10, 3) == predict_ms(p, 1, 10, 3, batch=1, images=0)
+    fit = largest_fitting_units(p, 1000.0, 1.0, 10, 3)
+    assert fit == largest_fitting_units(p, 1000.0, 1.0, 10, 3, batch=1, images=0)
+
+
+def test_a_fit_reports_its_slowdown_and_times():
+    """Catches: a fit that loses the slowdown it was planned with, or an infeasible one without its
+    predicted time (the server quotes both)."""
+    p = profile()
+    fit = largest_fitting_units(p, 1000.0, 1.5, 10, 3)
+    assert fit.slowdown == 1.5 and fit.units == p.max_upper_units
+    assert fit.predicted_ms == pytest.approx(1.5 * predict_ms(p, fit.units, 10, 3).total_ms)
+    none = largest_fitting_units(p, 1.0, 2.0, 10, 3)
+    assert none.units is None and none.slowdown == 2.0
+    assert none.predicted_ms == none.minimum_ms == pytest.approx(2.0 * predict_ms(p, 0, 10, 3).total_ms)
