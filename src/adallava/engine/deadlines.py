@@ -70,13 +70,18 @@ class DeadlineReport:
         return dict(self.__dict__)
 
 
+def budget_values(budget, batch: int) -> list:
+    """A budget given once or per row (a list or tuple), as one value per row."""
+    values = list(budget) if isinstance(budget, (list, tuple)) else [budget]
+    return values * batch if len(values) == 1 else values
+
+
 def deadline_rows(budget, batch: int) -> list[Deadline | None] | None:
     """Per row, its deadline (a `Deadline` or text such as '300ms'), or None where the row has a
     fraction or FLOPs budget; None when no row has a deadline."""
     if budget is None or isinstance(budget, torch.Tensor):
         return None
-    values = list(budget) if isinstance(budget, (list, tuple)) else [budget]
-    values = values * batch if len(values) == 1 else values
+    values = budget_values(budget, batch)
     rows = [
         as_deadline(v) if isinstance(v, Deadline) or (isinstance(v, str) and is_deadline_text(v)) else None
         for v in values

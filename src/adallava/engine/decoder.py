@@ -39,7 +39,7 @@ from adallava.core.plan import ExecutionPlan
 from adallava.core.planning import budget_units
 from adallava.engine import hf_compat
 from adallava.engine.cache_slots import CacheSlots
-from adallava.engine.deadlines import DeadlineKeeper, DeadlineReport, deadline_rows
+from adallava.engine.deadlines import DeadlineKeeper, DeadlineReport, budget_values, deadline_rows
 from adallava.engine.folders import resolve_model
 from adallava.engine.generate import (
     check_generate_kwargs,
@@ -646,8 +646,7 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         keeper = self.deadlines
         plan, fraction, tightest = keeper.plan(deadlines, prompt_tokens, max_new, batch, images, waited_ms,
                                                best_effort)  # fmt: skip
-        values = list(budget) if isinstance(budget, (list, tuple)) else [budget]
-        values = values * batch if len(values) == 1 else values
+        values = budget_values(budget, batch)
         fractions = [fraction if d is not None else v for d, v in zip(deadlines, values, strict=True)]
         threads = torch.get_num_threads()
         if plan.threads is not None and plan.threads != threads:

@@ -77,10 +77,8 @@ class _Batch:
     """The running batch: its rows' KV caches (inside the program's units), key validity, next
     positions, and which original rows they are."""
 
-    def __init__(
-        self, model, program: Program, valid: torch.Tensor, next_positions: torch.Tensor, length: int
-    ):
-        self.model, self.program = model, program
+    def __init__(self, program: Program, valid: torch.Tensor, next_positions: torch.Tensor, length: int):
+        self.program = program
         self.valid = valid  # bool [B, L]: cache positions each row may attend to
         self.next_positions = next_positions  # long [B]: rotary position of each row's next token
         self.length = length  # cache positions filled (the same for every row: left padding)
@@ -96,20 +94,19 @@ class _Batch:
         """Keep only the rows with keep[b] True (bool [B]), in every cache slot and row group."""
         kept = keep.nonzero().flatten()
         new_index = torch.cumsum(keep.long(), 0) - 1  # old row -> new row
+        kept_in: dict[int, torch.Tensor] = {}  # id(group) -> positions of its rows that stay
         for group in self.program.groups.values():
             if group.rows is None:
-                group.keep = kept
+                kept_in[id(group)] = kept
             else:
-                inside = keep.index_select(0, group.rows)  # bool [R]
-                group.keep = inside.nonzero().flatten()
-                group.rows = new_index.index_select(0, group.rows.index_select(0, group.keep))
+                stays = keep.index_select(0, group.rows).nonzero().flatten()  # [R']
+                kept_in[id(group)] = stays
+                group.rows = new_index.index_select(0, group.rows.index_select(0, stays))
         for units in self.program.layers:
             for unit in units:
                 if unit.keys is not None:
-                    unit.keys = unit.keys.index_select(0, unit.group.keep)
-                    unit.values = unit.values.index_select(0, unit.group.keep)
-        for group in self.program.groups.values():
-            del group.keep
+                    unit.keys = unit.keys.index_select(0, kept_in[id(unit.group)])
+                    unit.values = unit.values.index_select(0, kept_in[id(unit.group)])
         self.program.reindex(int(kept.numel()))
         self.valid = self.valid.index_select(0, kept)
         self.next_positions = self.next_positions.index_select(0, kept)
@@ -199,7 +196,7 @@ def lean_generate(
     )
     positions = run.position_ids  # [B, T]
     cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]  # [B, 1, T, Dh]
-    batch_state = _Batch(model, Program(), valid, positions[:, -1] + 1, length)
+    batch_state = _Batch(Program(), valid, positions[:, -1] + 1, length)
     mask = None
     if batch_state.has_pads:
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()

@@ -168,18 +168,14 @@ class TokenChooser:
         return torch.isin(chosen, self.eos)
 
 
-def process_logits(
-    logits: torch.Tensor, sampling: Sampling, produced: int, suppress=None, eos=None
-) -> torch.Tensor:
+def process_logits(logits: torch.Tensor, sampling: Sampling, produced: int, suppress, eos) -> torch.Tensor:
     """The scores tokens are chosen from: raw logits [B, V] (float32) with HF's processors, and for
-    sampling its warpers, applied (`produced`: new tokens so far). suppress / eos: the id tensors of
-    `sampling.suppress_tokens` / `eos_token_ids` when already made."""
+    sampling its warpers, applied (`produced`: new tokens so far). suppress / eos: long id tensors of
+    `sampling.suppress_tokens` / `eos_token_ids`, or None when there are none (`TokenChooser`)."""
     scores = logits
-    if sampling.suppress_tokens:
-        suppress = _ids(sampling.suppress_tokens, scores.device) if suppress is None else suppress
+    if suppress is not None:
         scores = scores.index_fill(-1, suppress, float("-inf"))
-    if produced < sampling.min_new_tokens and sampling.eos_token_ids:
-        eos = _ids(sampling.eos_token_ids, scores.device) if eos is None else eos
+    if produced < sampling.min_new_tokens and eos is not None:
         scores = scores.index_fill(-1, eos, float("-inf"))
     if not sampling.do_sample:
         return scores
