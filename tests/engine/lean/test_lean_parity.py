@@ -8,6 +8,7 @@ import torch
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
+from adallava.engine.lean.compiled import CompiledSteps
 from adallava.engine.lean.functional import decoder_layer, rotary_tables
 from adallava.engine.lean.weights import read_layer
 from adallava.testing import tiny_inputs, tiny_llava
@@ -330,6 +331,26 @@ def test_compiled_decoding_equals_hf(layer_model):
     assert layer_model.lean_engine.compiled.events  # the compilation was recorded
     with pytest.raises(ValueError, match="lean engine"):
         layer_model.generate(**inputs, max_new_tokens=2, compile=True, engine="hf")
+
+
+@pytest.mark.slow
+def test_compiled_graphs_are_kept_per_plan_and_bounded(layer_model):
+    """Catches: a guard-free compiled graph reused for another plan or shape (its key missing what the
+    graph depends on), and a graph cache that grows without bound. Slow: torch.compile on CPU."""
+    inputs = tiny_inputs(layer_model.config, [6, 4], padding_side="left", seed=21)
+    options = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+    compiled = layer_model.lean_engine.compiled
+    compiled.limit, compiled.events = 1, []
+    try:
+        with torch.no_grad():
+            for budget in (1.0, 0.5, 1.0):
+                eager = layer_model.generate(**inputs, budget=budget, engine="lean", **options)
+                graph = layer_model.generate(**inputs, budget=budget, engine="lean", compile=True, **options)
+                assert torch.equal(graph, eager), budget
+    finally:
+        compiled.limit = CompiledSteps.limit
+    assert len(compiled.events) == 3  # the second 1.0 was evicted by the limit of one graph: compiled again
+    assert len(compiled._graphs) == 1
 
 
 def test_an_adapter_added_after_a_lean_call_is_not_ignored():

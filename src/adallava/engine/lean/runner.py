@@ -84,7 +84,7 @@ class _Batch:
         self.length = length  # cache positions filled (the same for every row: left padding)
         self.has_pads = not bool(valid[:, :length].all())
         self.original_rows = torch.arange(valid.shape[0], device=valid.device)  # long [B]
-        self.compiled_inputs: tuple | None = None  # compiled decoding: (units, graph key), fixed per request
+        self.compiled_inputs: tuple | None = None  # compiled decoding: units, graph key, kept, tensors
 
     @property
     def size(self) -> int:
@@ -444,11 +444,17 @@ def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled:
         structure = tuple(
             tuple((id(u.weights), _rows_key(u.group.rows)) for u in layer) for layer in state.program.layers
         )
-        state.compiled_inputs = (units, (structure, state.size, state.valid.shape[1], chosen.device.type))
-    units, key = state.compiled_inputs
-    norm, head = model.text_model.norm, model.base.lm_head
-    logits = compiled(key, units, chosen, model.get_input_embeddings().weight, cos, sin, mask, write_at,
-                      norm.weight, norm.variance_epsilon, head.weight, head.bias)  # fmt: skip
+        embed = model.get_input_embeddings().weight
+        norm, head = model.text_model.norm, model.base.lm_head
+        tensors = (embed, norm.weight, head.weight, head.bias)
+        fixed = tuple((id(t), None if t is None else (t.dtype, t.device, tuple(t.shape))) for t in tensors)
+        shapes = (state.size, state.valid.shape[1], chosen.device, torch.is_grad_enabled())
+        key = (structure, fixed, norm.variance_epsilon, shapes)
+        keep = ([u.weights for layer in state.program.layers for u in layer], tensors)
+        state.compiled_inputs = (units, key, keep, (embed, norm.weight, norm.variance_epsilon, *tensors[2:]))
+    units, key, keep, (embed, norm_weight, norm_eps, head_weight, head_bias) = state.compiled_inputs
+    logits = compiled(key, keep, chosen.device, units, chosen, embed, cos, sin, mask, write_at, norm_weight,
+                      norm_eps, head_weight, head_bias)  # fmt: skip
     state.length += 1
     state.next_positions = position + 1
     return logits

@@ -118,6 +118,7 @@ WEIGHT_MODULES = (
     "input_layernorm", "post_attention_layernorm", "self_attn", "self_attn.q_proj", "self_attn.k_proj",
     "self_attn.v_proj", "self_attn.o_proj", "mlp", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
 )  # fmt: skip
+WEIGHT_PATHS = tuple(tuple(path.split(".")) for path in WEIGHT_MODULES)
 
 
 def layer_modules(layer: nn.Module) -> tuple:
@@ -125,10 +126,10 @@ def layer_modules(layer: nn.Module) -> tuple:
     head-plan layer has no attention or MLP): replacing one (an adapter wrapping q_proj, a new
     Linear) changes this tuple's identities."""
     found = []
-    for path in WEIGHT_MODULES:
+    for path in WEIGHT_PATHS:
         module = layer
-        for name in path.split("."):
-            module = getattr(module, name, None) if module is not None else None
+        for name in path:  # submodules live in `_modules` (nn.Module.__getattr__ is slow Python)
+            module = module._modules.get(name) if module is not None else None
         found.append(module)
     return tuple(found)
 
