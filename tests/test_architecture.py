@@ -1,6 +1,7 @@
 """Dependencies point one way (issue 13; docs/architecture.md):
 
-    core -> modules -> engine -> io -> inference -> applications (data, train, eval, serve, report) -> cli
+    core -> modules -> engine -> io -> inference -> applications (data, train, eval, serve, report)
+         -> integrations (third-party tools such as lmms-eval) -> cli
 
 A package may import its own modules and packages of lower layers, never higher ones; among the
 applications only the edges in APP_EDGES exist (evaluation and training read data; nothing reads
@@ -27,7 +28,8 @@ LAYERS = {
     "serve": 5,
     "report": 5,
     "testing": 5,
-    "cli": 6,
+    "integrations": 6,
+    "cli": 7,
 }
 APP_EDGES = {("eval", "data"), ("train", "data")}  # which application may import which
 

@@ -4,6 +4,7 @@ adallava world generate --out world/train --split train --seed 0 --n 40000
 adallava world generate --out world/test --split test --seed 0 --n 100
 adallava world check --train world/train --test world/test
 adallava world build-model --world world/train --out models/tiny-llava-init
+adallava world export --format lmms-eval --out lmms-world        # docs/lmms-eval.md
 """
 
 from __future__ import annotations
@@ -69,6 +70,34 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--layers", type=int, default=8, help="decoder layers of the text model (default: 8)")
     sub.set_defaults(func=_build_model)
 
+    sub = actions.add_parser(
+        "export",
+        help="write a test world as local lmms-eval tasks (pip install 'adallava[lmms]')",
+        description="The six benchmarks of a test world as lmms-eval tasks (adallava_world_pope, ..._mme, "
+        "..._scienceqa_img, ..._textvqa_val, ..._vqav2_val, ..._mmbench_en_dev; tag adallava_world): parquet "
+        "datasets in the columns of lmms-eval's own datasets, and YAMLs that include lmms-eval's own task "
+        "configs. Run them with `lmms-eval --include_path OUT`, offline. See docs/lmms-eval.md.",
+    )
+    sub.add_argument("--format", choices=["lmms-eval"], required=True, help="lmms-eval (the only format)")
+    sub.add_argument("--out", type=Path, required=True, help="output folder (give it to --include_path)")
+    sub.add_argument(
+        "--world",
+        type=Path,
+        default=None,
+        help="a test world (adallava world generate --split test); default: generate one into OUT/world "
+        "with --seed and --n",
+    )
+    sub.add_argument("--seed", type=int, default=0, help="seed of the generated test world (default: 0)")
+    sub.add_argument(
+        "--n", type=int, default=100, help="questions per family of the generated world (default: 100)"
+    )
+    sub.add_argument(
+        "--benchmarks",
+        default=None,
+        help="comma-separated benchmarks: pope, mme, scienceqa, textvqa, vqav2, mmbench (default: all)",
+    )
+    sub.set_defaults(func=_export)
+
 
 def _generate(args: argparse.Namespace) -> int:
     from adallava.data.world.generate import generate_world
@@ -108,4 +137,23 @@ def _build_model(args: argparse.Namespace) -> int:
         args.out, world=args.world, spec=TinyLlavaSpec(text_layers=args.layers), seed=args.seed
     )
     print(f"wrote a random-init tiny LLaVA to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from adallava.integrations.lmms.export import export_world, lmms_tasks_dir
+
+    lmms_tasks_dir()  # lmms-eval is installed: checked before generating anything
+    world = args.world
+    if world is None:
+        from adallava.data.world.generate import generate_world
+
+        world = args.out / "world"
+        generate_world(world, split="test", seed=args.seed, n=args.n, progress=False)
+        print(f"generated a test world (seed {args.seed}, n {args.n}) in {world}")
+    benchmarks = [name.strip() for name in args.benchmarks.split(",")] if args.benchmarks else None
+    manifest = export_world(world, args.out, benchmarks)
+    for name, entry in manifest["tasks"].items():
+        print(f"{name}: {entry['rows']} rows ({entry['data']}; lmms-eval config {entry['lmms_config']})")
+    print(f"run: lmms-eval --model adallava --include_path {args.out} --tasks {manifest['tag']} ...")
     return 0

@@ -2,6 +2,7 @@
 `score` is the benchmark's primary number on a 0-100 scale. Each module's docstring states the
 official script it reproduces and how the lmms-eval protocol differs."""
 
+from adallava.eval.metrics.choice_letter import choice_letter
 from adallava.eval.metrics.mmbench import MMBenchScore, mmbench_option, score_mmbench
 from adallava.eval.metrics.mme import MMEScore, MMESubtaskScore, mme_answer, score_mme
 from adallava.eval.metrics.pope import POPECategoryScore, POPEScore, pope_answer, score_pope
@@ -25,6 +26,7 @@ __all__ = [
     "ScienceQAScore",
     "TextVQAScore",
     "VQAv2Score",
+    "choice_letter",
     "leave_one_out_accuracy",
     "leave_one_out_terms",
     "mmbench_option",

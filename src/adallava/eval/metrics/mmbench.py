@@ -8,6 +8,11 @@ else the option whose text (lowercased) is the only one contained in the lowerca
 official evaluator asks ChatGPT when all rules fail; that is not reproduced: an unmatched prediction
 is wrong and counted in `unmatched`.
 
+Under the lmms-eval protocol an answer these rules cannot read goes through lmms-eval's fallback
+(`choice_letter`: its `extract_mcq_answer`, over the letters of the shown options), as lmms-eval's
+offline MMBench scoring does (`MMBench_Evaluator.eval_result(..., eval_method="static")`, the
+mmbench_en_dev_static task); `unmatched` then counts the answers the fallback could not read either.
+
 Circular evaluation: a question counts only if every pass is right. Passes are the rows that share
 index % 1,000,000 (circular copies in the TSV) and, under the llava protocol, the option rotations
 of each row when the predictions carry round ids > 0 (LLaVA's model_vqa_mmbench.py --all-rounds
@@ -21,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from adallava.eval.metrics.choice_letter import choice_letter
 from adallava.eval.protocols import Protocol, check_protocol
 from adallava.eval.readers.mmbench import rotate_mmbench
 from adallava.eval.records import MMBenchSample
@@ -51,7 +57,7 @@ class MMBenchScore:
     passes: int
     """Answers scored."""
     unmatched: int
-    """Answers no option could be read from."""
+    """Answers no option could be read from (lmms-eval protocol: by the rules nor by its fallback)."""
     protocol: str
 
 
@@ -97,7 +103,10 @@ def score_mmbench(
     unmatched = 0
     for main_index, row, round_id in passes:
         shown = rotate_mmbench(row, round_id)
-        letter = mmbench_option(answers[(int(row.question_id), round_id)], shown.options)
+        text = answers[(int(row.question_id), round_id)]
+        letter = mmbench_option(text, shown.options)
+        if letter is None and protocol == "lmms-eval":
+            letter = choice_letter(text, OPTION_LETTERS[: len(shown.options)]) or None
         unmatched += letter is None
         ok = letter == shown.answers[0]
         right[main_index] = right[main_index] and ok
