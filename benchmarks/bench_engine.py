@@ -321,10 +321,15 @@ def bench_model(name: str, args) -> dict:
         for variant in variants
     }
     speedup = None
-    if "hf" in paths and "lean" in paths:
-        value = row("hf", 1.0)["total_ms"]["median"] / row("lean", 1.0)["total_ms"]["median"]
-        speedup = {"lean_over_hf_at_1.0": value}
+    lean_paths = [path for path in paths if path.startswith("lean")]
+    if "hf" in paths and lean_paths:
+        hf_ms = row("hf", 1.0)["total_ms"]["median"]
+        # hf's median over each lean path's at budget 1.0; the limit (compilation allowed) judges the fastest
+        ratios = {path: hf_ms / row(path, 1.0)["total_ms"]["median"] for path in lean_paths}
+        fastest = max(ratios, key=ratios.get)
+        speedup = {"over_hf_at_1.0": ratios, "fastest": fastest}
         if name in SPEEDUP_LIMIT:
+            value = speedup["over_hf_at_1.0"][fastest]
             speedup |= {"limit": SPEEDUP_LIMIT[name], "pass": value >= SPEEDUP_LIMIT[name]}
     text = model.text_model.config
     return {
@@ -455,7 +460,8 @@ def print_tables(payload: dict) -> None:
                 if "limit" in speedup
                 else ""
             )
-            print(f"\nlean over hf at budget 1.0: {speedup['lean_over_hf_at_1.0']:.2f}x{verdict}")
+            ratios = ", ".join(f"{path} {value:.2f}x" for path, value in speedup["over_hf_at_1.0"].items())
+            print(f"\nover hf at budget 1.0: {ratios}; the fastest, {speedup['fastest']}, judged{verdict}")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import torch
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
 from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
-from adallava.engine.lean.compiled import CompiledSteps
+from adallava.engine.lean.compiled import CompiledGraphs
 from adallava.engine.lean.functional import decoder_layer, rotary_tables
 from adallava.engine.lean.weights import read_layer
 from adallava.testing import tiny_inputs, tiny_llava
@@ -340,7 +340,7 @@ def test_compiled_graphs_are_kept_per_plan_and_bounded(layer_model):
     inputs = tiny_inputs(layer_model.config, [6, 4], padding_side="left", seed=21)
     options = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
     compiled = layer_model.lean_engine.compiled
-    compiled.limit, compiled.events = 1, []
+    compiled.limit, compiled.events = 3, []
     try:
         with torch.no_grad():
             for budget in (1.0, 0.5, 1.0):
@@ -348,9 +348,13 @@ def test_compiled_graphs_are_kept_per_plan_and_bounded(layer_model):
                 graph = layer_model.generate(**inputs, budget=budget, engine="lean", compile=True, **options)
                 assert torch.equal(graph, eager), budget
     finally:
-        compiled.limit = CompiledSteps.limit
-    assert len(compiled.events) == 3  # the second 1.0 was evicted by the limit of one graph: compiled again
-    assert len(compiled._graphs) == 1
+        compiled.limit = CompiledGraphs.limit
+    # Per request: the prefix (one graph whatever the budget), the upper layers and the step (one each
+    # per plan). 1.0 compiles 3; 0.5 reuses the prefix and compiles 2, evicting 1.0's; 1.0 compiles 2.
+    names = [event["key"].split("'")[1] for event in compiled.events]
+    prefill, step = "static_prefill", "static_step"
+    assert names == [prefill, prefill, step] + [prefill, step] * 2
+    assert len(compiled._graphs) == 3
 
 
 def test_an_adapter_added_after_a_lean_call_is_not_ignored():

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from adallava.core.plan import ExecutionPlan
-from adallava.engine.lean.compiled import CompiledSteps, bucket_length
+from adallava.engine.lean.compiled import (
+    PREFILL_BUCKET,
+    CompiledGraphs,
+    bucket_length,
+    static_prefill,
+    static_step,
+)
 from adallava.engine.lean.functional import decoder_layer, rms_norm, rotary_tables
 from adallava.engine.lean.program import Program, Unit, layer_row_sets
 from adallava.engine.lean.sampling import Sampling, TokenChooser
@@ -36,7 +42,7 @@ class LeanEngine:
         self.weights = WeightsCache()
         self._rotary: tuple | None = None  # (stamp, cos [P, Dh], sin [P, Dh])
         self.sampling_memo: dict = {}  # resolved generation options (`sampling.resolve_sampling`)
-        self.compiled = CompiledSteps()  # compiled decoding steps (generate(..., compile=True))
+        self.compiled = CompiledGraphs()  # compiled prefill and steps (generate(..., compile=True))
         self.structure_memo: dict = {}  # `weights.unsupported_reason`'s per-layer verdict
 
     def clear(self) -> None:
@@ -183,6 +189,8 @@ def lean_generate(
     else:
         full = ExecutionPlan.full(run.batch, model.num_layers) if plan is None else plan
         run.plan = model._check_plan(full, run.batch, run.hidden.device)
+    if compile:  # static shapes: a few prompt lengths, not one per request
+        _pad_prompt(run, bucket_length(run.hidden.shape[1], PREFILL_BUCKET))
     hidden = run.hidden
     device, dtype = hidden.device, hidden.dtype
     length = hidden.shape[1]
@@ -204,13 +212,13 @@ def lean_generate(
         eye = torch.eye(length, dtype=torch.bool, device=device)
         mask = (causal & valid[:, None, None, :length]) | eye  # [B, 1, T, T]
     program = batch_state.program
+    compiled = engine.compiled if compile else None
     start_upper = 0
     if run.plan is None:  # budget: the prefix runs for every row, then the scheduler plans
         _add_units(
             model, program, engine, range(model.num_prefix), None, batch, max_length, dtype, device, compile
         )
-        set_step_inputs(program, cos, sin, mask)
-        hidden = run_layers(program, hidden, 0, range(model.num_prefix))
+        hidden = _prefill_layers(program, hidden, range(model.num_prefix), cos, sin, mask, compiled)
         run.hidden = hidden
         model._plan(run, False, None)
         start_upper = model.num_prefix
@@ -226,8 +234,7 @@ def lean_generate(
         device,
         compile,
     )
-    set_step_inputs(program, cos, sin, mask)
-    hidden = run_layers(program, hidden, 0, range(start_upper, model.num_layers))
+    hidden = _prefill_layers(program, hidden, range(start_upper, model.num_layers), cos, sin, mask, compiled)
     logits = _head(model, text_model, hidden[:, -1])  # [B, V]
     run.hidden = hidden
     model._price_pass(run, 1, sink)
@@ -248,7 +255,7 @@ def lean_generate(
         generator,
         cos_table,
         sin_table,
-        engine.compiled if compile else None,
+        compiled,
         dropper,
     )
     sequences = torch.cat([input_ids, decoded.tokens.to(input_ids.device)], dim=1)
@@ -281,7 +288,7 @@ def _decode(
     generator,
     cos_table,
     sin_table,
-    compiled: CompiledSteps | None = None,
+    compiled: CompiledGraphs | None = None,
     dropper: LayerDropper | None = None,
 ) -> _Decoded:
     """The decode loop from the prefill's logits [B, V]; prompt_ids [B, T] (what stopping criteria see
@@ -429,7 +436,46 @@ def _leave_layers(state: _Batch, layers: torch.Tensor) -> None:
         program.layers[index] = kept_units
 
 
-def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled: CompiledSteps):
+def _pad_prompt(run, length: int) -> None:
+    """Left-pad the prefill's hidden states, attention mask and positions to `length` (masked padding,
+    as in any left-padded batch; the latency token's position moves with its row)."""
+    pad = length - run.hidden.shape[1]
+    if pad <= 0:
+        return
+    run.hidden = torch.nn.functional.pad(run.hidden, (0, 0, pad, 0))
+    run.attention_mask = torch.nn.functional.pad(run.attention_mask, (pad, 0))
+    run.position_ids = torch.nn.functional.pad(run.position_ids, (pad, 0))
+    if run.latency_positions is not None:
+        run.latency_positions = run.latency_positions + pad
+
+
+def _prefill_layers(program: Program, hidden, layers: range, cos, sin, mask, compiled: CompiledGraphs | None):
+    """The prefill through `layers` of the program (hidden [B, T, D]; cos, sin [B, 1, T, Dh]; mask
+    [B, 1, T, T] or None): eager, or as one compiled graph."""
+    if compiled is None:
+        set_step_inputs(program, cos, sin, mask)
+        return run_layers(program, hidden, 0, range(layers.start, layers.stop))
+    units, structure, keep = _graph_units(program, layers)
+    shapes = (tuple(hidden.shape), hidden.dtype, hidden.device, mask is None, _cache_length(program))
+    key = (structure, shapes, torch.is_grad_enabled())
+    return compiled(static_prefill, key, keep, hidden.device, units, hidden, cos, sin, mask)
+
+
+def _graph_units(program: Program, layers: range) -> tuple[list, tuple, list]:
+    """A compiled graph's view of `layers` of the program: units as (weights, rows, keys, values), the
+    structure its key holds (weights identities and rows) and the objects those identities need kept."""
+    chosen = [program.layers[index] for index in layers]
+    units = [[(u.weights, u.group.rows, u.keys, u.values) for u in layer] for layer in chosen]
+    structure = tuple(tuple((id(u.weights), _rows_key(u.group.rows)) for u in layer) for layer in chosen)
+    return units, structure, [u.weights for layer in chosen for u in layer]
+
+
+def _cache_length(program: Program) -> int | None:
+    """The cache length L of the program's KV slots (None: no unit holds one)."""
+    return next((u.keys.shape[2] for layer in program.layers for u in layer if u.keys is not None), None)
+
+
+def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled: CompiledGraphs):
     """One decoding step of the whole batch through the compiled static-shape graph."""
     position = state.next_positions
     state.valid[:, state.length] = True
@@ -438,23 +484,18 @@ def _compiled_step(model, state: _Batch, chosen, cos_table, sin_table, compiled:
     sin = sin_table.index_select(0, position)[:, None, None]
     write_at = torch.tensor([state.length], device=chosen.device)
     if state.compiled_inputs is None:  # a compiled batch never changes its program: made once
-        units = [
-            [(u.weights, u.group.rows, u.keys, u.values) for u in layer] for layer in state.program.layers
-        ]
-        structure = tuple(
-            tuple((id(u.weights), _rows_key(u.group.rows)) for u in layer) for layer in state.program.layers
-        )
+        units, structure, keep = _graph_units(state.program, range(len(state.program.layers)))
         embed = model.get_input_embeddings().weight
         norm, head = model.text_model.norm, model.base.lm_head
         tensors = (embed, norm.weight, head.weight, head.bias)
         fixed = tuple((id(t), None if t is None else (t.dtype, t.device, tuple(t.shape))) for t in tensors)
         shapes = (state.size, state.valid.shape[1], chosen.device, torch.is_grad_enabled())
         key = (structure, fixed, norm.variance_epsilon, shapes)
-        keep = ([u.weights for layer in state.program.layers for u in layer], tensors)
-        state.compiled_inputs = (units, key, keep, (embed, norm.weight, norm.variance_epsilon, *tensors[2:]))
+        inputs = (embed, norm.weight, norm.variance_epsilon, head.weight, head.bias)
+        state.compiled_inputs = (units, key, (keep, tensors), inputs)
     units, key, keep, (embed, norm_weight, norm_eps, head_weight, head_bias) = state.compiled_inputs
-    logits = compiled(key, keep, chosen.device, units, chosen, embed, cos, sin, mask, write_at, norm_weight,
-                      norm_eps, head_weight, head_bias)  # fmt: skip
+    logits = compiled(static_step, key, keep, chosen.device, units, chosen, embed, cos, sin, mask, write_at,
+                      norm_weight, norm_eps, head_weight, head_bias)  # fmt: skip
     state.length += 1
     state.next_positions = position + 1
     return logits
