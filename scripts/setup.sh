@@ -6,6 +6,7 @@
 # pyproject.toml, the lock or the settings below changed.
 #
 #   ADALLAVA_UNPINNED=1   the newest versions pyproject.toml allows instead of the lock (torch stays pinned)
+#   ADALLAVA_EXTRAS=lmms  also the [lmms] extra (lmms-eval, docs/lmms-eval.md), locked by requirements/lock-lmms.txt
 #   ADALLAVA_TORCH=SPEC   the torch requirement (default: torch==2.13.0, the CPU build)
 #   ADALLAVA_VENV=DIR     where the virtualenv goes (default: .venv in the repository)
 #   PYTHON=EXE            the Python that creates the virtualenv (default: python3)
@@ -14,7 +15,9 @@ cd "$(dirname "$0")/.."
 VENV=${ADALLAVA_VENV:-.venv}
 TORCH=${ADALLAVA_TORCH:-torch==2.13.0}
 UNPINNED=${ADALLAVA_UNPINNED:-0}
+EXTRAS=${ADALLAVA_EXTRAS:-}
 LOCK=requirements/lock.txt
+case ",$EXTRAS," in *,lmms,*) LOCK=requirements/lock-lmms.txt ;; esac
 
 if [ ! -x "$VENV/bin/python" ]; then
   if ! "${PYTHON:-python3}" -m venv "$VENV" 2>/tmp/adallava-venv.err; then
@@ -31,7 +34,7 @@ fi
 PY="$VENV/bin/python"
 
 # What this setup installs; unchanged since the last run -> nothing to do.
-stamp="$({ cat pyproject.toml; cat "$LOCK" 2>/dev/null || true; } | sha256sum | cut -c1-16) unpinned=$UNPINNED torch=$TORCH"
+stamp="$({ cat pyproject.toml; cat "$LOCK" 2>/dev/null || true; } | sha256sum | cut -c1-16) unpinned=$UNPINNED torch=$TORCH extras=$EXTRAS"
 if [ -f "$VENV/.adallava-setup" ] && [ "$(cat "$VENV/.adallava-setup")" = "$stamp" ]; then
   exit 0
 fi
@@ -49,6 +52,11 @@ else
 fi
 echo "setup: installing into $VENV ($([ "$UNPINNED" = 1 ] && echo "newest allowed versions" || echo "locked versions, $LOCK"); $TORCH)" >&2
 "$PY" -m pip install -q --disable-pip-version-check -c "$constraints" "$TORCH"
-"$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[dev]"
+"$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[dev${EXTRAS:+,$EXTRAS}]"
+# lmms-eval requires torchvision, and PyPI's torchvision is built against CUDA torch: beside the CPU build
+# it cannot load its operators and breaks `import transformers`. Nothing adallava runs in lmms-eval uses it.
+if "$PY" -m pip show -q torchvision 2>/dev/null && "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; then
+  "$PY" -m pip uninstall -y -q --disable-pip-version-check torchvision
+fi
 echo "$stamp" >"$VENV/.adallava-setup"
 "$VENV/bin/adallava" --version >&2
