@@ -39,9 +39,16 @@ OPTIONS = ("red", "blue", "a dog", "two")
 
 
 def answers(seed: int, count: int = 400) -> list[str]:
+    """`count` answers: every 7th a lone fragment, the others 0-4 fragments, with or without spaces."""
     rng = random.Random(seed)
-    return ["".join(rng.choice([" ", ""]) + rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 4))).strip(" ")
-            if k % 7 else rng.choice(FRAGMENTS) for k in range(count)]  # fmt: skip
+    texts = []
+    for k in range(count):
+        if k % 7 == 0:
+            texts.append(rng.choice(FRAGMENTS))
+            continue
+        pieces = (rng.choice([" ", ""]) + rng.choice(FRAGMENTS) for _ in range(rng.randint(0, 4)))
+        texts.append("".join(pieces).strip(" "))
+    return texts
 
 
 def test_choice_letter_is_extract_mcq_answer():
