@@ -13,8 +13,9 @@ _EXPORTS = {
     "ExecutionPlan": "adallava.core.plan",
     "AdaLlava": "adallava.engine.llava",
     "AdaLLM": "adallava.engine.llm",
+    "SpeculativeConfig": "adallava.engine.lean.speculative",
 }
-__all__ = ["AdaLLM", "AdaLlava", "AdaptiveConfig", "ExecutionPlan"]
+__all__ = ["AdaLLM", "AdaLlava", "AdaptiveConfig", "ExecutionPlan", "SpeculativeConfig"]
 __version__ = "0.1.0"
 
 

@@ -50,6 +50,7 @@ from adallava.engine.generate import (
 )
 from adallava.engine.lean.runner import LeanEngine, lean_generate
 from adallava.engine.lean.sampling import resolve_sampling
+from adallava.engine.lean.speculative import check_speculative, resolve_speculative
 from adallava.engine.lean.weights import unsupported_reason
 from adallava.engine.outputs import AdaLlavaOutput
 from adallava.engine.passes import Embedded, Pass
@@ -581,6 +582,10 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         beam search or repetition penalties; the lean engine names such options and points here).
         `compile=True` (lean): decoding steps run as compiled static-shape graphs
         (`engine.lean.compiled`; the first step of a new plan and shape compiles).
+        `speculative=True` or a `SpeculativeConfig` (lean, greedy, layer plans): a cheaper plan of the
+        same model drafts tokens that the request's plan verifies in one forward; the tokens are those
+        of plain decoding (`engine.lean.speculative`, docs/speculative.md), `out.speculative` reports
+        what was drafted, accepted and computed.
 
         Deadlines: a budget may be a deadline ("300ms", "0.3s", `Deadline(ms=300)`; per row, mixed with
         fractions): the answer is planned to be complete within it, counted from `deadline_start` (a
@@ -589,11 +594,16 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         `deadline_best_effort` (then the smallest plan runs). The output's `deadline` reports
         predicted and measured ms, met, and the slowdown used."""
         check_generate_kwargs(budget, kwargs)
+        speculative = resolve_speculative(kwargs.pop("speculative", None))
         engine = self._choose_engine(engine, input_ids, kwargs)
+        if speculative is not None and engine == "hf":
+            raise ValueError("speculative decoding runs on the lean engine; this call runs on engine='hf'")
         if engine == "hf" and kwargs.pop("compile", False):
             raise ValueError("compile=True is an option of the lean engine; this call runs on engine='hf'")
         deadlines = deadline_rows(budget, 1 if input_ids is None else input_ids.shape[0])
         if deadlines is not None:
+            if speculative is not None:
+                raise ValueError("speculative decoding cannot be combined with deadline budgets; drop one")
             if engine != "lean":
                 raise ValueError("deadline budgets run on the lean engine; this call runs on engine='hf'")
             return self._generate_for_deadline(input_ids, attention_mask, budget, deadlines, deadline_start,
@@ -620,17 +630,22 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         compile_steps = bool(kwargs.pop("compile", False))
         monitor = kwargs.pop("deadline_monitor", None)  # internal: set by _generate_for_deadline
         sampling, rest = resolve_sampling(self, input_ids.shape[1], kwargs, self.lean_engine.sampling_memo)
+        if speculative is not None:
+            check_speculative(self, speculative, budget, plan, sampling, compile_steps)
         with torch.no_grad():
             result = lean_generate(
                 self, input_ids, attention_mask, rest.get("pixel_values"), budget, plan, sampling, sink,
                 rest.get("streamer"), rest.get("stopping_criteria"), rest.get("generator"), compile_steps,
-                monitor,
+                monitor, speculative,
             )  # fmt: skip
         out = hf_compat.GenerateOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
         sink["prefill_ms"], sink["decode_ms"] = result.prefill_ms, result.decode_ms
         if not sampling.return_dict:
             return generate_output(self, result.sequences, original_ids, input_ids, plan, sink, stops)
-        return generate_output(self, out, original_ids, input_ids, plan, sink, stops)
+        out = generate_output(self, out, original_ids, input_ids, plan, sink, stops)
+        if "speculative" in sink:
+            out.speculative = sink["speculative"].with_decode_cost(out.decode_cost)
+        return out
 
     def _generate_for_deadline(
         self, input_ids, attention_mask, budget, deadlines, start, best_effort, kwargs

@@ -51,7 +51,9 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     decoding steps after it, for the whole batch. `deadline`: for deadline budgets, the
     `engine.deadlines.DeadlineReport` (predicted and measured ms, met, slowdown). `plan_changes`:
     [(k, later plan), ...] when a deadline request fell behind and dropped upper layers after its k-th
-    token (`plan` is then the prefill's plan; `decode_cost` prices each part under its own plan)."""
+    token (`plan` is then the prefill's plan; `decode_cost` prices each part under its own plan).
+    `speculative`: with `generate(..., speculative=...)`, the `SpeculativeReport` (drafted and accepted
+    tokens, draft / verify / wasted FLOPs)."""
 
     plan: ExecutionPlan | None = None
     budget: torch.Tensor | None = None
@@ -63,3 +65,43 @@ class AdaGenerateOutput(hf_compat.GenerateOutput):
     decode_ms: float | None = None
     deadline: object | None = None
     plan_changes: list | None = None
+    speculative: SpeculativeReport | None = None
+
+
+@dataclass
+class SpeculativeReport:
+    """What self-speculative decoding (`generate(..., speculative=...)`) drafted and computed, per row
+    (tensors [B]). `draft_plan`: each row's draft plan; `shared_layers`: layers below the first where
+    some row's draft and verify plans differ (their keys and hidden states were drafted once and
+    reused by verification). `drafted` / `accepted`: draft tokens proposed / kept in the output;
+    `rounds`: verification forwards. FLOPs (float64): `draft_flops` the draft steps (draft plan and
+    LM head, the shared layers included), `verify_flops` the verification (the verify plan's layers
+    from `shared_layers` up and the LM head, on every verified position); `spent_flops` both;
+    `wasted_flops` what they computed beyond the output's `decode_cost` (what plain decoding spends on
+    the same tokens): rejected drafts, the draft layers above the shared ones, verified positions
+    thrown away. `decode_cost` stays the cost of the tokens the user got at the verify plan."""
+
+    draft_plan: ExecutionPlan
+    num_draft_tokens: int
+    shared_layers: int
+    drafted: torch.Tensor
+    accepted: torch.Tensor
+    rounds: torch.Tensor
+    draft_flops: torch.Tensor
+    verify_flops: torch.Tensor
+    wasted_flops: torch.Tensor | None = None
+
+    @property
+    def acceptance_rate(self) -> torch.Tensor:
+        """float64 [B]: accepted / drafted (NaN for a row that drafted nothing)."""
+        return self.accepted.double() / self.drafted.double()
+
+    @property
+    def spent_flops(self) -> torch.Tensor:
+        """float64 [B]: draft + verify FLOPs."""
+        return self.draft_flops + self.verify_flops
+
+    def with_decode_cost(self, decode_cost: BatchCost) -> SpeculativeReport:
+        """This report with `wasted_flops` = spent - the decode cost of the tokens produced."""
+        self.wasted_flops = self.spent_flops - decode_cost.total
+        return self

@@ -164,12 +164,15 @@ def lean_generate(
     generator=None,
     compile: bool = False,
     monitor=None,
+    speculative=None,
 ) -> LeanResult:
     """Prefill then decode, greedy or sampled, for a left-padded batch. `sink` receives the prefill's
     plan, budget and costs (as `forward` records them for HF `generate`), and the plan changes a
     `monitor` made. monitor(tokens_done) -> upper units to keep per row for the remaining tokens, or
     None: a deadline request falling behind drops upper layers mid-answer (layer plans, eager only;
-    see `LayerDropper`)."""
+    see `LayerDropper`). speculative: a `speculative.SpeculativeConfig` (greedy, eager, layer plans):
+    the decode loop drafts with a cheaper plan and verifies (`speculative.speculative_decode`); its
+    report goes to sink["speculative"]."""
     started = time.perf_counter()
     engine = model.lean_engine
     text_model = model.text_model
@@ -195,12 +198,14 @@ def lean_generate(
     device, dtype = hidden.device, hidden.dtype
     length = hidden.shape[1]
     max_length = length + sampling.max_new_tokens
+    extra = 0 if speculative is None else speculative.num_draft_tokens + 1  # a round's verified positions
+    max_length += extra
     if compile:
         max_length = bucket_length(max_length)  # static shapes: a few cache lengths, not one per request
     valid = torch.zeros(batch, max_length, dtype=torch.bool, device=device)
     valid[:, :length] = run.attention_mask.bool()
     cos_table, sin_table = engine.rotary_tables(
-        text_model, int(run.position_ids.max()) + sampling.max_new_tokens + 1, dtype, device
+        text_model, int(run.position_ids.max()) + sampling.max_new_tokens + extra + 1, dtype, device
     )
     positions = run.position_ids  # [B, T]
     cos, sin = cos_table[positions][:, None], sin_table[positions][:, None]  # [B, 1, T, Dh]
@@ -244,20 +249,28 @@ def lean_generate(
     if monitor is not None and not compile and run.plan is not None and run.plan.heads is None:
         dropper = LayerDropper(model, run.plan, run.scheduler_logits, monitor)
         sink["plan_changes"] = dropper.changes
-    decoded = _decode(
-        model,
-        batch_state,
-        input_ids,
-        logits,
-        sampling,
-        streamer,
-        stopping_criteria,
-        generator,
-        cos_table,
-        sin_table,
-        compiled,
-        dropper,
-    )
+    if speculative is not None:
+        from adallava.engine.lean.speculative import speculative_decode  # it builds on this module
+
+        decoded, sink["speculative"] = speculative_decode(
+            model, batch_state, run, input_ids, logits, sampling, streamer, stopping_criteria, cos_table,
+            sin_table, speculative,
+        )  # fmt: skip
+    else:
+        decoded = _decode(
+            model,
+            batch_state,
+            input_ids,
+            logits,
+            sampling,
+            streamer,
+            stopping_criteria,
+            generator,
+            cos_table,
+            sin_table,
+            compiled,
+            dropper,
+        )
     sequences = torch.cat([input_ids, decoded.tokens.to(input_ids.device)], dim=1)
     return LeanResult(
         sequences,
