@@ -26,12 +26,14 @@ from adallava.data.world import (
     world_scenes,
 )
 from adallava.data.world.questions import POPE_KINDS, POPE_TOP_K, CategoryStats, make_question
-from adallava.data.world.render import encode
+from adallava.data.world.render import BACKGROUND, encode
 from adallava.data.world.scene import (
     CATEGORIES,
     CELL_NAMES,
     IMAGE_SIZE,
+    LAYOUTS,
     Scene,
+    WorldObject,
     sample_scene,
     scene_from_json,
     stream,
@@ -364,3 +366,59 @@ def test_world_command_generates_and_checks(tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="not a train world"):
         args.func(args)
+
+
+# ---- layouts (v2: one patch per cell; v3: 2 x 2 patches per cell) ------------------------------------
+
+
+def test_v2_worlds_are_the_files_the_bundled_models_were_trained_on(tmp_path):
+    """Catches: a new layout changing the v2 draws or drawing (the bundled models were trained on v2
+    worlds, and their build must stay reproducible). Hashes taken before layouts existed."""
+    generate_world(tmp_path, split="train", seed=3, n=50, progress=False)
+    assert hashlib.sha256((tmp_path / "train.json").read_bytes()).hexdigest() == (
+        "21cb52519d16e094689c63cd37c8298b2ed2f3a95c95e3c86316a86667e39408"
+    )
+    assert hashlib.sha256((tmp_path / "images" / "000007.png").read_bytes()).hexdigest() == (
+        "7a737b2e056ec6eaa06c745b35289a8cff013724b32c91d12cd7f9ade26251fb"
+    )
+    assert read_manifest(tmp_path)["layout"] == "v2"
+
+
+def _lit_patches(image: Image.Image) -> set[tuple[int, int]]:
+    """(row, col) of every 16 px patch holding a non-background pixel."""
+    pixels = np.asarray(image).astype(int)
+    rows, cols = np.nonzero((np.abs(pixels - np.array(BACKGROUND)).sum(-1)) > 0)
+    return {(int(r) // 16, int(c) // 16) for r, c in zip(rows, cols, strict=True)}
+
+
+@pytest.mark.parametrize("sub", range(4))
+def test_v3_draws_each_object_inside_the_patch_of_its_cell_it_was_given(sub):
+    """Catches: an object drawn across patches or in the wrong patch of its cell (a v3 cell is 2 x 2
+    patches; the object's patch is row-major `sub`). The expected patch is computed by hand."""
+    for cell in (0, 4, 8, 5):
+        for obj in (
+            WorldObject(cell, "red", shape="square", size="large", dx=1, dy=-1, sub=sub),
+            WorldObject(cell, "blue", letter="K", dx=-1, dy=1, sub=sub),
+        ):
+            image = render(Scene((obj,)), LAYOUTS["v3"])
+            assert image.size == (96, 96)
+            expected = ((cell // 3) * 2 + sub // 2, (cell % 3) * 2 + sub % 2)
+            assert _lit_patches(image) == {expected}, (cell, sub, obj)
+
+
+def test_v3_world_places_objects_in_every_patch_and_round_trips_through_scenes_json(tmp_path):
+    """Catches: v3 objects stuck in one patch of their cell (nothing for token selection to learn
+    about background), `sub` lost by scenes.jsonl, and the manifest not saying the image size the
+    model must be built for."""
+    generate_world(tmp_path, split="train", seed=0, n=60, progress=False, layout="v3")
+    manifest = read_manifest(tmp_path)
+    assert (manifest["layout"], manifest["image_size"], manifest["subcells"]) == ("v3", 96, 2)
+    scenes = world_scenes(tmp_path)
+    assert {o.sub for scene in scenes for o in scene.objects} == {0, 1, 2, 3}
+    rows = [json.loads(line) for line in (tmp_path / "scenes.jsonl").read_text().splitlines()]
+    for row, scene in zip(rows[:10], scenes[:10], strict=True):
+        image = Image.open(tmp_path / row["image"])
+        expected = {((o.cell // 3) * 2 + o.sub // 2, (o.cell % 3) * 2 + o.sub % 2) for o in scene.objects}
+        assert _lit_patches(image) == expected
+    with pytest.raises(ValueError, match="layout must be one of v2, v3, got 'v9'"):
+        generate_world(tmp_path / "bad", split="train", n=1, layout="v9", progress=False)

@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from adallava.data.world.scene import SPLITS
+from adallava.data.world.scene import DEFAULT_LAYOUT, LAYOUTS, SPLITS
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +40,13 @@ def add_parser(subparsers) -> None:
         type=int,
         default=None,
         help="training samples (train, default 40000) or questions per family (test, default 100)",
+    )
+    sub.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        default=DEFAULT_LAYOUT,
+        help="v2: 48 px images, 9 visual tokens; v3: 96 px, each cell 2 x 2 patches, 36 visual tokens "
+        f"(default: {DEFAULT_LAYOUT})",
     )
     sub.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.set_defaults(func=_generate)
@@ -68,6 +75,9 @@ def add_parser(subparsers) -> None:
     )
     sub.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
     sub.add_argument("--layers", type=int, default=8, help="decoder layers of the text model (default: 8)")
+    sub.add_argument("--hidden", type=int, default=128, help="the text model's hidden size (default: 128)")
+    sub.add_argument("--intermediate", type=int, default=256, help="the text model's MLP size (default: 256)")
+    sub.add_argument("--heads", type=int, default=4, help="the text model's attention heads (default: 4)")
     sub.set_defaults(func=_build_model)
 
     sub = actions.add_parser(
@@ -104,7 +114,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     n = args.n if args.n is not None else (40_000 if args.split == "train" else 100)
     start = time.perf_counter()
-    manifest = generate_world(args.out, split=args.split, seed=args.seed, n=n, progress=not args.no_progress)
+    manifest = generate_world(
+        args.out, split=args.split, seed=args.seed, n=n, progress=not args.no_progress, layout=args.layout
+    )
     seconds = time.perf_counter() - start
     if args.split == "train":
         print(f"wrote {n} training samples to {args.out / manifest['conversations']} in {seconds:.1f} s")
@@ -133,9 +145,13 @@ def _check(args: argparse.Namespace) -> int:
 def _build_model(args: argparse.Namespace) -> int:
     from adallava.data.tiny_model import TinyLlavaSpec, build_tiny_llava
 
-    out = build_tiny_llava(
-        args.out, world=args.world, spec=TinyLlavaSpec(text_layers=args.layers), seed=args.seed
+    spec = TinyLlavaSpec(
+        text_layers=args.layers,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_heads=args.heads,
     )
+    out = build_tiny_llava(args.out, world=args.world, spec=spec, seed=args.seed)
     print(f"wrote a random-init tiny LLaVA to {out}")
     return 0
 

@@ -41,10 +41,12 @@ from adallava.data.world.questions import (
 from adallava.data.world.render import encode, render
 from adallava.data.world.scene import (
     CELL,
+    DEFAULT_LAYOUT,
     GRID,
-    IMAGE_SIZE,
     SPLITS,
+    Layout,
     Scene,
+    get_layout,
     sample_scene,
     scene_from_json,
     stream,
@@ -71,13 +73,20 @@ class HeldoutQuestion:
 
 
 def generate_world(
-    out: str | Path, *, split: str = "train", seed: int = 0, n: int = 40_000, progress: bool = True
+    out: str | Path,
+    *,
+    split: str = "train",
+    seed: int = 0,
+    n: int = 40_000,
+    progress: bool = True,
+    layout: str = DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """Write one split of the world under `out` and return its manifest (also `out/manifest.json`).
 
     n: training samples (train), or questions per family (test, so that the overall accuracy over
     heldout.jsonl weighs every family alike; POPE and MME round n down to even: a yes and a no
-    question per image). seed: any integer >= 0; the split is mixed into every stream.
+    question per image). seed: any integer >= 0; the split is mixed into every stream. layout: "v2"
+    (48 px images, one patch per cell) or "v3" (96 px, 2 x 2 patches per cell; `scene.LAYOUTS`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -85,6 +94,7 @@ def generate_world(
         raise ValueError(f"n must be >= 1, got {n}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    drawn = get_layout(layout)
     out = Path(out)
     if (out / MANIFEST).exists():
         raise ValueError(f"{out}: already holds a world ({MANIFEST}); choose an empty --out folder")
@@ -95,11 +105,13 @@ def generate_world(
         "split": split,
         "seed": seed,
         "n": n,
-        "image_size": IMAGE_SIZE,
+        "layout": drawn.name,
+        "image_size": drawn.image_size,
         "patch_size": CELL,
         "grid": GRID,
+        "subcells": drawn.subcells,
     }
-    body = _train(out, seed, n, progress) if split == "train" else _test(out, seed, n, progress)
+    body = (_train if split == "train" else _test)(out, seed, n, progress, drawn)
     manifest.update(body)
     manifest["needs_depth"] = [f.name for f in FAMILIES if f.needs_depth]
     formats.write_json(out / MANIFEST, manifest)
@@ -107,11 +119,17 @@ def generate_world(
 
 
 def draw_question(
-    family: Family, rng: random.Random, split: str, stats: CategoryStats | None = None
+    family: Family,
+    rng: random.Random,
+    split: str,
+    stats: CategoryStats | None = None,
+    layout: Layout | None = None,
 ) -> tuple[Scene, QA]:
-    """A scene of `split` that supports `family`, and the question drawn on it."""
+    """A scene of `split` (drawn in `layout`, default v2) that supports `family`, and the question
+    drawn on it."""
+    layout = layout or get_layout(DEFAULT_LAYOUT)
     for _ in range(MAX_TRIES):
-        scene = sample_scene(rng, split, family.shape_counts, family.letter_counts)
+        scene = sample_scene(rng, split, family.shape_counts, family.letter_counts, layout=layout)
         qa = make_question(family, scene, rng, stats)
         if qa is not None:
             return scene, qa
@@ -127,7 +145,7 @@ def training_stats(seed: int) -> CategoryStats:
 # ---- train ----------------------------------------------------------------------------------------
 
 
-def _train(out: Path, seed: int, n: int, progress: bool) -> dict[str, Any]:
+def _train(out: Path, seed: int, n: int, progress: bool, layout: Layout) -> dict[str, Any]:
     rng = stream(seed, "train", "questions")
     stats = training_stats(seed)
     cumulative = list(accumulate(f.weight for f in FAMILIES))
@@ -135,9 +153,9 @@ def _train(out: Path, seed: int, n: int, progress: bool) -> dict[str, Any]:
     records, scenes, counts = [], [], Counter()
     for i in tqdm(range(n), desc="world train", unit="sample", disable=not progress, mininterval=1.0):
         family = FAMILIES[min(bisect(cumulative, rng.random() * cumulative[-1]), len(FAMILIES) - 1)]
-        scene, qa = draw_question(family, rng, "train", stats)
+        scene, qa = draw_question(family, rng, "train", stats, layout)
         image = f"images/{i:06d}.png"
-        (out / image).write_bytes(encode(render(scene)))
+        (out / image).write_bytes(encode(render(scene, layout)))
         sample_id = f"world-{i:06d}"
         records.append(
             formats.llava_conversation(sample_id, image, prompt_for(family.benchmark, qa), qa.answer)
@@ -167,16 +185,16 @@ class _Bench:
     scenes: list[dict[str, Any]]
 
 
-def _test(out: Path, seed: int, n: int, progress: bool) -> dict[str, Any]:
+def _test(out: Path, seed: int, n: int, progress: bool, layout: Layout) -> dict[str, Any]:
     benchmarks, heldout, scenes = {}, [], []
     for name in tqdm(BENCHMARKS, desc="world test", unit="benchmark", disable=not progress):
         rng = stream(seed, "test", name)
         if name == "pope":
-            bench = _pope(out / name, rng, n)
+            bench = _pope(out / name, rng, n, layout)
         elif name == "mme":
-            bench = _mme(out / name, rng, n)
+            bench = _mme(out / name, rng, n, layout)
         else:
-            bench = _one_question_per_image(out / name, rng, n, name)
+            bench = _one_question_per_image(out / name, rng, n, name, layout)
         benchmarks[name] = {
             "folder": name,
             "reader": f"adallava.eval.readers.{READERS[name]}",
@@ -211,8 +229,8 @@ def _heldout(benchmark: str, question_id: int | str, image: str, qa: QA, prompt:
     }
 
 
-def _save(folder: Path, image: str, scene: Scene, fmt: str = "PNG") -> bytes:
-    data = encode(render(scene), fmt)
+def _save(folder: Path, image: str, scene: Scene, layout: Layout, fmt: str = "PNG") -> bytes:
+    data = encode(render(scene, layout), fmt)
     path = folder / image
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -243,16 +261,18 @@ LAYOUTS = {
 }
 
 
-def _one_question_per_image(folder: Path, rng: random.Random, n: int, benchmark: str) -> _Bench:
+def _one_question_per_image(
+    folder: Path, rng: random.Random, n: int, benchmark: str, drawn: Layout
+) -> _Bench:
     """n questions of each of the benchmark's families, in turn, each on its own image."""
     layout, families = LAYOUTS[benchmark], _families(benchmark)
     questions, heldout, scenes, images = [], [], [], {}
     for i in range(n * len(families)):
-        scene, qa = draw_question(families[i % len(families)], rng, "test")
+        scene, qa = draw_question(families[i % len(families)], rng, "test", layout=drawn)
         k = i + layout.first_id
         question_id = str(k) if benchmark == "scienceqa" else k  # ScienceQA's pids are strings
         image = layout.image.format(k=k)
-        images[question_id] = _save(folder, image, scene, layout.fmt)
+        images[question_id] = _save(folder, image, scene, drawn, layout.fmt)
         questions.append(Question(question_id, image, qa))
         heldout.append(_heldout(benchmark, question_id, image, qa, prompt_for(benchmark, qa)))
         scenes.append({"image": image, "objects": scene.to_json()})
@@ -269,14 +289,14 @@ def _one_question_per_image(folder: Path, rng: random.Random, n: int, benchmark:
     return _Bench(files, dict(layout.options), heldout, scenes)
 
 
-def _pope(folder: Path, rng: random.Random, n: int) -> _Bench:
+def _pope(folder: Path, rng: random.Random, n: int, layout: Layout) -> _Bench:
     """POPE's construction: the same images in every kind, one yes and one no question per image and
     kind; popular / adversarial negatives ranked by the statistics of these very images."""
-    images = [sample_scene(rng, "test") for _ in range(max(1, n // 2))]
+    images = [sample_scene(rng, "test", layout=layout) for _ in range(max(1, n // 2))]
     stats = CategoryStats.of(images)
     names = [f"images/world_pope_{j:06d}.png" for j in range(len(images))]
     for name, scene in zip(names, images, strict=True):
-        _save(folder, name, scene)
+        _save(folder, name, scene, layout)
     by_kind: dict[str, list[Question]] = {}
     prompts, heldout, question_id = {}, [], 0
     for kind in POPE_KINDS:
@@ -296,7 +316,7 @@ def _pope(folder: Path, rng: random.Random, n: int) -> _Bench:
     return _Bench({**files, "image_dir": "images"}, {}, heldout, scenes)
 
 
-def _mme(folder: Path, rng: random.Random, n: int) -> _Bench:
+def _mme(folder: Path, rng: random.Random, n: int, layout: Layout) -> _Bench:
     """Per subtask folder: images/<name>.png and questions_answers_YN/<name>.txt (a Yes and a No
     question about the same image). Reader ids are "<subtask>/<image>#1|2"."""
     root = folder / formats.MME_ROOT
@@ -306,7 +326,7 @@ def _mme(folder: Path, rng: random.Random, n: int) -> _Bench:
         subtask = subtasks[j % len(subtasks)]
         family = FAMILY[f"mme_{subtask.lower()}"]
         for _ in range(MAX_TRIES):
-            scene = sample_scene(rng, "test", family.shape_counts, family.letter_counts)
+            scene = sample_scene(rng, "test", family.shape_counts, family.letter_counts, layout=layout)
             yes, no = (MME_SUBTASKS[subtask](scene, rng, want) for want in (True, False))
             if yes is not None and no is not None:
                 break
@@ -314,7 +334,7 @@ def _mme(folder: Path, rng: random.Random, n: int) -> _Bench:
             raise RuntimeError(f"MME {subtask}: no suitable scene in {MAX_TRIES} draws")
         name = f"{j:06d}.png"
         image = f"{formats.MME_ROOT}/{subtask}/images/{name}"
-        _save(folder, image, scene)
+        _save(folder, image, scene, layout)
         formats.write_mme_pair(root, subtask, name, yes, no)
         for k, qa in enumerate((yes, no), start=1):
             heldout.append(_heldout("mme", f"{subtask}/{name}#{k}", image, qa, prompt_for("mme", qa)))

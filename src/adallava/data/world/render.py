@@ -7,7 +7,7 @@ import io
 
 from PIL import Image, ImageDraw
 
-from adallava.data.world.scene import CELL, GRID, IMAGE_SIZE, Scene, WorldObject
+from adallava.data.world.scene import CELL, DEFAULT_LAYOUT, GRID, LAYOUTS, Layout, Scene, WorldObject
 
 BACKGROUND = (24, 24, 24)
 CARD = (250, 250, 250)
@@ -35,12 +35,12 @@ GLYPHS = {
 }
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as a 48x48 RGB image."""
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), BACKGROUND)
+def render(scene: Scene, layout: Layout = LAYOUTS[DEFAULT_LAYOUT]) -> Image.Image:
+    """The scene as an RGB image of `layout.image_size` pixels (48 for v2, 96 for v3)."""
+    image = Image.new("RGB", (layout.image_size, layout.image_size), BACKGROUND)
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
-        _draw_object(draw, obj)
+        _draw_object(draw, obj, layout.subcells)
     return image
 
 
@@ -57,11 +57,13 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: WorldObject) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: WorldObject, subcells: int) -> None:
     size = SMALL if obj.size == "small" else LARGE
     margin = (CELL - size) // 2
-    x0 = (obj.cell % GRID) * CELL + margin + obj.dx
-    y0 = (obj.cell // GRID) * CELL + margin + obj.dy
+    patch_col = (obj.cell % GRID) * subcells + obj.sub % subcells  # the patch the object is drawn in
+    patch_row = (obj.cell // GRID) * subcells + obj.sub // subcells
+    x0 = patch_col * CELL + margin + obj.dx
+    y0 = patch_row * CELL + margin + obj.dy
     x1, y1 = x0 + size - 1, y0 + size - 1
     color = RGB[obj.color]
     if obj.letter is not None:

@@ -1,8 +1,13 @@
 """Scenes of the synthetic world: shapes and letter cards on a 3x3 grid, sampled from a seeded stream.
 
 A scene is pure data (no pixels): `render.py` draws it, `questions.py` asks about it. Each object sits
-in its own grid cell, and a cell is exactly one vision patch (16 px of a 48 px image), so "where" is
-never ambiguous: an object never straddles two patches, and position words name whole cells.
+in its own grid cell, and is drawn inside exactly one vision patch (16 px), so "where" is never
+ambiguous: an object never straddles two patches, and position words name whole cells.
+
+Two layouts (`LAYOUTS`): "v2" draws each cell as one patch (48 px images, 9 visual tokens); "v3"
+draws each cell as 2 x 2 patches (96 px images, 36 visual tokens) and puts its object in one of the
+four (`WorldObject.sub`), so most visual tokens are background, as in real images, and token selection
+has something to prune. Questions see cells only; the patch inside the cell is like jitter.
 """
 
 from __future__ import annotations
@@ -10,14 +15,43 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 # ---- tables ---------------------------------------------------------------------------------------
 
 GRID = 3
-CELL = 16  # pixels per cell = the vision patch size
-IMAGE_SIZE = GRID * CELL
+CELL = 16  # pixels per object slot = the vision patch size
+IMAGE_SIZE = GRID * CELL  # the v2 layout's
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How scenes are drawn: each of the GRID x GRID cells is `subcells` x `subcells` patches."""
+
+    name: str
+    subcells: int
+
+    @property
+    def image_size(self) -> int:
+        return GRID * self.subcells * CELL
+
+    @property
+    def patches(self) -> int:
+        """Vision patches (visual tokens) per image."""
+        return (GRID * self.subcells) ** 2
+
+
+LAYOUTS = {"v2": Layout("v2", 1), "v3": Layout("v3", 2)}
+DEFAULT_LAYOUT = "v2"
+
+
+def get_layout(name: str) -> Layout:
+    """The layout called `name` (a ValueError lists the known ones)."""
+    if name not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {name!r}")
+    return LAYOUTS[name]
+
 
 COLORS = ("red", "green", "blue", "yellow", "purple")
 SHAPES = ("square", "circle", "triangle")
@@ -63,7 +97,8 @@ SPLITS = ("train", "test")
 @dataclass(frozen=True)
 class WorldObject:
     """One object: a shape (`shape` set) or a white letter card with a coloured letter (`letter` set).
-    `dx`, `dy`: jitter in pixels inside the cell (the object never leaves its cell)."""
+    `dx`, `dy`: jitter in pixels inside its patch (the object never leaves it). `sub`: which patch of
+    the cell (row-major) the object is drawn in, where a layout gives a cell several (v3)."""
 
     cell: int
     color: str
@@ -72,6 +107,7 @@ class WorldObject:
     size: str = "large"
     dx: int = 0
     dy: int = 0
+    sub: int = 0
 
     @property
     def row(self) -> int:
@@ -122,7 +158,8 @@ class Scene:
         return frozenset(o.category for o in self.shapes)  # type: ignore[misc]
 
     def key(self) -> str:
-        """The layout without jitter: two scenes with the same key look the same to every question."""
+        """The layout without jitter (nor the patch inside a cell): two scenes with the same key look
+        the same to every question."""
         return "|".join(o.key() for o in self.objects)
 
     def split(self) -> str:
@@ -131,8 +168,11 @@ class Scene:
         return "test" if int.from_bytes(digest, "little") % TEST_BUCKETS == 0 else "train"
 
     def to_json(self) -> list[list]:
-        """Compact form for scenes.jsonl: [cell, color, shape or letter, size] per object."""
-        return [[o.cell, o.color, o.shape or o.letter, o.size] for o in self.objects]
+        """Compact form for scenes.jsonl: [cell, color, shape or letter, size] per object, then `sub`
+        where it is not 0."""
+        return [
+            [o.cell, o.color, o.shape or o.letter, o.size] + ([o.sub] if o.sub else []) for o in self.objects
+        ]
 
 
 def stream(seed: int, *names: object) -> random.Random:
@@ -148,9 +188,12 @@ def sample_scene(
     shape_counts: Sequence[int] = SHAPE_COUNTS,
     letter_counts: Sequence[int] = (0, 1, 2),
     max_tries: int = 1000,
+    layout: Layout = LAYOUTS[DEFAULT_LAYOUT],
 ) -> Scene:
     """A scene of `split` (train/test) with a number of shapes from `shape_counts` and of letter cards
-    from `letter_counts` (weighted by LETTER_COUNT_WEIGHTS). Scenes of the other split are redrawn."""
+    from `letter_counts` (weighted by LETTER_COUNT_WEIGHTS). Scenes of the other split are redrawn.
+    With several patches per cell (`layout`), each object's patch is drawn last, so v2 scenes are
+    the same draws whatever layouts exist."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     letter_weights = [LETTER_COUNT_WEIGHTS[k] for k in letter_counts]
@@ -159,7 +202,7 @@ def sample_scene(
         n_letters = rng.choices(letter_counts, weights=letter_weights)[0]
         scene = _draw(rng, n_shapes, n_letters)
         if scene.split() == split:
-            return scene
+            return _place(rng, scene, layout)
     raise RuntimeError(f"no {split} scene in {max_tries} draws")  # probability ~ (7/8)^1000
 
 
@@ -195,12 +238,21 @@ def _draw(rng: random.Random, n_shapes: int, n_letters: int) -> Scene:
     return Scene(tuple(sorted(objects, key=lambda o: o.cell)))
 
 
+def _place(rng: random.Random, scene: Scene, layout: Layout) -> Scene:
+    """Each object in one of its cell's patches, uniformly (nothing to draw with one patch per cell)."""
+    slots = layout.subcells**2
+    if slots == 1:
+        return scene
+    return Scene(tuple(replace(o, sub=rng.randrange(slots)) for o in scene.objects))
+
+
 def scene_from_json(objects: list[list]) -> Scene:
     """Inverse of `Scene.to_json` (jitter is not stored, so it comes back as 0)."""
     built = []
-    for cell, color, name, size in objects:
+    for cell, color, name, size, *sub in objects:
+        where = {"sub": int(sub[0])} if sub else {}
         if name in SHAPES:
-            built.append(WorldObject(int(cell), color, shape=name, size=size))
+            built.append(WorldObject(int(cell), color, shape=name, size=size, **where))
         else:
-            built.append(WorldObject(int(cell), color, letter=name, size=size))
+            built.append(WorldObject(int(cell), color, letter=name, size=size, **where))
     return Scene(tuple(built))
