@@ -641,10 +641,14 @@ class AdaptiveDecoder(hf_compat.GenerativeModel):
         out = hf_compat.GenerateOutput(sequences=result.sequences, scores=result.scores, logits=result.logits)
         sink["prefill_ms"], sink["decode_ms"] = result.prefill_ms, result.decode_ms
         if not sampling.return_dict:
+            if speculative is not None and speculative.observer is not None:
+                speculative.observer(sink["speculative"])
             return generate_output(self, result.sequences, original_ids, input_ids, plan, sink, stops)
         out = generate_output(self, out, original_ids, input_ids, plan, sink, stops)
-        if "speculative" in sink:
+        if speculative is not None:
             out.speculative = sink["speculative"].with_decode_cost(out.decode_cost)
+            if speculative.observer is not None:
+                speculative.observer(out.speculative)
         return out
 
     def _generate_for_deadline(

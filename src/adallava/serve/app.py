@@ -409,6 +409,12 @@ class Routes:
         self.metrics.prefill_flops.inc(answer.prefill_flops["llm"])
         if answer.deadline is not None:
             self.metrics.deadlines.inc(label="met" if answer.deadline["met"] else "missed")
+        if result.speculative is not None:
+            drafted, accepted = result.speculative["drafted"], result.speculative["accepted"]
+            self.metrics.draft_tokens.inc(drafted)
+            self.metrics.accepted_tokens.inc(accepted)
+            if drafted:
+                self.metrics.acceptance.observe(accepted / drafted)
 
 
 def usage(result: Result) -> dict:
@@ -441,6 +447,7 @@ def report(result: Result) -> dict:
         },
         "batch_size": result.batch_size,
         "deadline": answer.deadline,
+        "speculative": result.speculative,
         "unknown_words": result.unknown_words,
     }
 

@@ -19,6 +19,8 @@ from PIL import Image
 from adallava.core.cost.pricing import full_llm_flops
 from adallava.core.deadline import Deadline
 from adallava.engine import hf_compat
+from adallava.engine.lean.speculative import MAX_DRAFT_TOKENS, SpeculativeConfig
+from adallava.engine.lean.weights import unsupported_reason
 from adallava.inference.answering import Answer, Prompt, answer_batch, encode
 from adallava.inference.prompts import conversation_prompt
 from adallava.serve.batcher import TOKEN, Job
@@ -93,6 +95,7 @@ class Result:
     prefill_ms: float
     decode_ms: float
     batch_size: int
+    speculative: dict | None = None  # {"drafted", "accepted"} tokens of this row (speculative decoding)
 
     @property
     def unknown_words(self) -> list[str]:
@@ -118,6 +121,7 @@ class ServedModel:
         self.context_length = int(text_config.max_position_embeddings)
         self.max_prompt_tokens = settings.max_prompt_tokens or self.context_length
         configured = getattr(model.generation_config, "max_new_tokens", None)
+        self.speculative = speculative_config(model, adaptive, settings)
         self.card = ModelCard(
             name=name,
             adaptive=adaptive,
@@ -139,6 +143,7 @@ class ServedModel:
             "max_images": self.settings.max_images,
             "default_max_tokens": self.card.default_max_tokens,
             "max_tokens_limit": self.settings.max_tokens_limit,
+            "speculative": self.speculative is not None,
         }
 
     def read(self, raw: bytes) -> tuple[ParsedRequest, Prompt]:
@@ -220,6 +225,9 @@ class ServedModel:
                 "deadline_start": start,
                 "deadline_best_effort": all(j.best_effort for j in deadline_jobs),
             }
+        reports = []  # speculative decoding's report of this batch (deadline batches decode plainly)
+        if self.speculative is not None and not deadline_jobs:
+            extra["speculative"] = dataclasses.replace(self.speculative, observer=reports.append)
         answers = answer_batch(
             self.model,
             self.processor,
@@ -230,6 +238,12 @@ class ServedModel:
             stopping_criteria=hf_compat.StoppingCriteriaList([Abandoned(jobs)]),
             **extra,
         )
+        drafts = [None] * len(jobs)
+        if reports:
+            drafts = [
+                {"drafted": int(drafted), "accepted": int(accepted)}
+                for drafted, accepted in zip(reports[0].drafted, reports[0].accepted, strict=True)
+            ]
         first = fanout.first_token or time.perf_counter()
         ended = [end or time.perf_counter() for end in fanout.ended]
         answers = [
@@ -243,9 +257,31 @@ class ServedModel:
                 prefill_ms=(first - start) * 1e3,
                 decode_ms=((ended or first) - first) * 1e3,
                 batch_size=len(jobs),
+                speculative=draft,
             )
-            for job, answer, ended in zip(jobs, answers, fanout.ended, strict=True)
+            for job, answer, ended, draft in zip(jobs, answers, fanout.ended, drafts, strict=True)
         ]
+
+
+def speculative_config(model, adaptive: bool, settings: Settings) -> SpeculativeConfig | None:
+    """The options of `--speculative` for this model (None: off), checked at startup: a model it cannot
+    speculate on (head switches, a family the lean engine does not run) is an error naming the flag."""
+    if not settings.speculative:
+        return None
+    reason = unsupported_reason(model.text_model)
+    if reason is None and adaptive and model.adaptive.switches != "layer":
+        reason = f"it plans {model.adaptive.switches} switches (AdaLLaVA-H); speculation needs layer plans"
+    if reason is not None:
+        raise ValueError(f"--speculative cannot serve this model: {reason}; drop --speculative")
+    tokens, budget = settings.speculative_draft_tokens, settings.speculative_draft_budget
+    if not 1 <= tokens <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"--speculative-draft-tokens must be in [1, {MAX_DRAFT_TOKENS}], got {tokens}")
+    if budget is not None and budget < model.b_min:
+        raise ValueError(
+            f"--speculative-draft-budget must be in [{model.b_min:g}, 1] for this model (its prefix layers "
+            f"always run), got {budget:g}"
+        )
+    return SpeculativeConfig(draft_budget=budget, num_draft_tokens=tokens)
 
 
 def remaining_deadline(job: Job, now: float):

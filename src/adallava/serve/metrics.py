@@ -5,7 +5,9 @@ Names (docs/serving.md): adallava_requests_total{status}, adallava_cancelled_req
 adallava_request_seconds, adallava_queue_seconds, adallava_prefill_seconds, adallava_decode_seconds,
 adallava_budget,
 adallava_batch_size, adallava_queue_depth, adallava_running_requests, adallava_preparing_requests,
-adallava_prompt_tokens_total, adallava_completion_tokens_total, adallava_prefill_flops_total.
+adallava_prompt_tokens_total, adallava_completion_tokens_total, adallava_prefill_flops_total,
+adallava_speculative_draft_tokens_total, adallava_speculative_accepted_tokens_total,
+adallava_speculative_acceptance (with --speculative).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BUDGET_BUCKETS = tuple(round(0.1 + 0.05 * i, 2) for i in range(19))  # 0.1, 0.15, ..., 1.0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+ACCEPTANCE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # 0.1, 0.2, ..., 1.0
 
 
 class Counter:
@@ -120,6 +123,19 @@ class ServerMetrics:
             "even the smallest plan was predicted to miss it)",
             "result",
         )
+        self.draft_tokens = Counter(
+            "adallava_speculative_draft_tokens_total",
+            "tokens drafted for answered requests (--speculative; acceptance = accepted / draft tokens)",
+        )
+        self.accepted_tokens = Counter(
+            "adallava_speculative_accepted_tokens_total",
+            "drafted tokens the requests' own plans accepted (--speculative)",
+        )
+        self.acceptance = Histogram(
+            "adallava_speculative_acceptance",
+            "share of each answered request's drafted tokens that were accepted (--speculative)",
+            ACCEPTANCE_BUCKETS,
+        )
         self.gauges: list[Gauge] = []
 
     def add_gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
@@ -139,6 +155,9 @@ class ServerMetrics:
             self.prompt_tokens,
             self.completion_tokens,
             self.prefill_flops,
+            self.draft_tokens,
+            self.accepted_tokens,
+            self.acceptance,
             *self.gauges,
         ]
         return "\n".join(line for part in parts for line in part.render()) + "\n"

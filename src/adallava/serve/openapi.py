@@ -86,6 +86,7 @@ class Report(BaseModel):
     generate_total_ms: float | None = None
     batch_size: int
     deadline: DeadlineReport | None = None
+    speculative: dict[str, int] | None = None
     unknown_words: list[str]
 
 

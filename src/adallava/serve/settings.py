@@ -58,9 +58,18 @@ class Settings:
     beside the model's one worker"""
     graceful_timeout_s: float = 30.0
     """on shutdown, how long in-flight requests may take to finish"""
+    speculative: bool = False
+    """self-speculative decoding: a cheaper plan of the model drafts tokens that each request's own plan
+    verifies, so answers are unchanged and decoding is faster where drafts are accepted (layer-switch
+    models on the lean engine; batches with deadline budgets decode plainly). docs/speculative.md"""
+    speculative_draft_tokens: int = 4
+    """with --speculative: tokens drafted per round"""
+    speculative_draft_budget: float | None = None
+    """with --speculative: the draft plan's budget fraction (default: the prefix layers alone)"""
 
     def __post_init__(self) -> None:
-        positive = [f.name for f in fields(self) if f.name not in ("batch_wait_ms", "retry_after_s")]
+        signed = ("batch_wait_ms", "retry_after_s", "speculative")
+        positive = [f.name for f in fields(self) if f.name not in signed]
         for name in positive:
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -73,6 +82,11 @@ class Settings:
             raise ValueError(
                 "Settings.max_image_aspect_ratio (--max-image-aspect-ratio) is a long side over a short "
                 f"side: it must be >= 1, got {self.max_image_aspect_ratio!r}"
+            )
+        if self.speculative_draft_budget is not None and not 0 < self.speculative_draft_budget <= 1:
+            raise ValueError(
+                "Settings.speculative_draft_budget (--speculative-draft-budget) must be a fraction in "
+                f"(0, 1], got {self.speculative_draft_budget!r}"
             )
         if self.default_max_tokens is not None and self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(

@@ -27,7 +27,8 @@ refused: `check_speculative`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
@@ -49,10 +50,13 @@ class SpeculativeConfig:
 
     draft_budget: the draft plan's budget, a fraction of the full stack in [b_min, 1]; None: the
     prefix layers alone (b_min). Rows whose own budget is smaller draft with their own plan.
-    num_draft_tokens: tokens drafted per round (k >= 1); a round yields 1 to k + 1 tokens."""
+    num_draft_tokens: tokens drafted per round (k >= 1); a round yields 1 to k + 1 tokens.
+    observer: called with each generate call's `SpeculativeReport` (e.g. a server counting
+    acceptance for its metrics, which sees answers rather than generate's output)."""
 
     draft_budget: float | None = None
     num_draft_tokens: int = 4
+    observer: Callable[[SpeculativeReport], None] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         budget = self.draft_budget
