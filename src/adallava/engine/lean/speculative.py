@@ -193,8 +193,21 @@ class _Work:
     verify_contexts: torch.Tensor
 
     @classmethod
-    def zeros(cls, batch: int) -> _Work:
-        return cls(*(torch.zeros(batch, dtype=torch.long) for _ in range(8)))
+    def of_rounds(cls, batch: int, log: list[tuple]) -> _Work:
+        """Sums over the rounds' log [(rows long [B'], past keys long [B'], k, taken long [B'])]
+        (kept as it is during decoding, so that counting costs the loop nothing)."""
+        work = cls(*(torch.zeros(batch, dtype=torch.long) for _ in range(8)))
+        for rows, past, k, taken in log:
+            rows, past, taken = rows.cpu(), past.cpu(), taken.cpu()
+            work.drafted[rows] += k
+            work.accepted[rows] += taken - 1
+            work.rounds[rows] += 1
+            work.draft_contexts[rows] += k * past + k * (k + 1) // 2
+            work.shared_tokens[rows] += 1
+            work.shared_contexts[rows] += past + k + 1
+            work.verify_tokens[rows] += k + 1
+            work.verify_contexts[rows] += (k + 1) * past + (k + 1) * (k + 2) // 2
+        return work
 
 
 def speculative_decode(
@@ -222,7 +235,7 @@ def speculative_decode(
     decoded = loop.decode(prompt_ids, logits, cached, streamer, stopping_criteria)
     shared = loop.shared
     below = torch.arange(verify.shape[1], device=verify.device) < shared
-    work, shape = loop.work, model.shape
+    work, shape = _Work.of_rounds(verify.shape[0], loop.log), model.shape
     draft_flops = work_flops(shape, draft, True, work.drafted, work.draft_contexts)
     draft_flops = draft_flops + work_flops(
         shape, draft & below, False, work.shared_tokens, work.shared_contexts
@@ -255,7 +268,7 @@ class _Rounds:
         device = verify.device
         self.suppress = _ids(sampling.suppress_tokens, device)
         self.eos = _ids(sampling.eos_token_ids, device)
-        self.work = _Work.zeros(verify.shape[0])
+        self.log: list[tuple] = []  # per round: (rows, past keys, k, taken) for `_Work.of_rounds`
         self.draft_program: list[list[tuple[Unit, torch.Tensor | None]]] = []
 
     # -- per round ---------------------------------------------------------------------------------
@@ -333,7 +346,7 @@ class _Rounds:
         rows = state.original_rows
         out.write(rows, produced, verified, taken)
         out.record(rows, produced, scores, logits.float(), taken)
-        self._count(rows, produced, cached, k, taken)
+        self.log.append((rows, cached.index_select(0, rows) + produced - 1, k, taken))
         # Cache: positions start .. start + taken - 1 hold last and the kept drafts; the rest are holes.
         state.valid[:, start : start + steps] = offsets < taken[:, None]
         most = int(taken.max())
@@ -383,21 +396,6 @@ class _Rounds:
         if self.eos is None:
             return torch.zeros_like(tokens, dtype=torch.bool)
         return torch.isin(tokens, self.eos)
-
-    def _count(self, rows, produced, cached, k: int, taken) -> None:
-        """Add this round's work to the per-row counts (rows: original indices of the running rows)."""
-        work = self.work
-        rows = rows.cpu()
-        past = (cached.index_select(0, self.state.original_rows) + produced - 1).cpu()  # real keys before
-        taken = taken.cpu()
-        work.drafted[rows] += k
-        work.accepted[rows] += taken - 1
-        work.rounds[rows] += 1
-        work.draft_contexts[rows] += k * past + k * (k + 1) // 2
-        work.shared_tokens[rows] += 1
-        work.shared_contexts[rows] += past + k + 1
-        work.verify_tokens[rows] += k + 1
-        work.verify_contexts[rows] += (k + 1) * past + (k + 1) * (k + 2) // 2
 
     def _build_draft_program(self) -> None:
         """Per layer, the verify program's units the draft runs, each with the rows whose output it
