@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -103,5 +104,4 @@ class SpeculativeReport:
 
     def with_decode_cost(self, decode_cost: BatchCost) -> SpeculativeReport:
         """This report with `wasted_flops` = spent - the decode cost of the tokens produced."""
-        self.wasted_flops = self.spent_flops - decode_cost.total
-        return self
+        return dataclasses.replace(self, wasted_flops=self.spent_flops - decode_cost.total)

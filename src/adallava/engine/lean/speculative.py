@@ -260,7 +260,7 @@ class _Rounds:
 
     def __init__(self, model, state: _Batch, draft, verify, sampling: Sampling, cos_table, sin_table, k: int):
         self.model, self.state, self.sampling, self.k = model, state, sampling, k
-        self.draft, self.verify = draft, verify
+        self.draft = draft
         self.cos_table, self.sin_table = cos_table, sin_table
         self.shared = shared_depth(draft, verify)
         self.embed = model.get_input_embeddings().weight
