@@ -184,7 +184,7 @@ class _Work:
     """Per original row: positions run and keys attended (summed) by each kind of work."""
 
     drafted: torch.Tensor  # draft tokens proposed
-    accepted: torch.Tensor  # of them, kept in the output
+    accepted: torch.Tensor  # of them, in the output (the verifier agreed and the answer went on)
     rounds: torch.Tensor  # verification forwards
     draft_contexts: torch.Tensor  # draft steps: draft plan + LM head
     shared_tokens: torch.Tensor  # the last draft through the shared layers (no LM head)
@@ -194,13 +194,13 @@ class _Work:
 
     @classmethod
     def of_rounds(cls, batch: int, log: list[tuple]) -> _Work:
-        """Sums over the rounds' log [(rows long [B'], past keys long [B'], k, taken long [B'])]
-        (kept as it is during decoding, so that counting costs the loop nothing)."""
+        """Sums over the rounds' log [(rows long [B'], past keys long [B'], k, tokens taken long [B'], drafts
+        among them long [B'])] (kept as it is during decoding, so that counting costs the loop nothing)."""
         work = cls(*(torch.zeros(batch, dtype=torch.long) for _ in range(8)))
-        for rows, past, k, taken in log:
+        for rows, past, k, taken, accepted in log:
             rows, past, taken = rows.cpu(), past.cpu(), taken.cpu()
             work.drafted[rows] += k
-            work.accepted[rows] += taken - 1
+            work.accepted[rows] += accepted.cpu()
             work.rounds[rows] += 1
             work.draft_contexts[rows] += k * past + k * (k + 1) // 2
             work.shared_tokens[rows] += 1
@@ -325,11 +325,19 @@ class _Rounds:
         state.valid[:, start : start + steps] = True
         masked = state.has_pads
         tokens, stash = last, []
-        drafts = []
+        drafts, drafted_eos = [], None
         for j in range(k):
             hidden = self._draft_step(tokens, start, j, masked, stash)
             tokens = self._choose(_head(self.model, self.text_model, hidden[:, -1]), produced + j)
             drafts.append(tokens)
+            if self.eos is not None:  # a row whose draft ended its answer needs no more drafts
+                eos = self._is_eos(tokens)
+                drafted_eos = eos if drafted_eos is None else drafted_eos | eos
+                if bool(drafted_eos.all()):
+                    break
+        # Every row drafted an end of sequence: verify what was drafted. (Positions past the round's
+        # last are never read: each round's masks stop at the positions it wrote.)
+        k, steps = len(drafts), len(drafts) + 1
         self._draft_step(tokens, start, k, masked, stash, shared_only=True)
         logits = self._verify(torch.cat(stash, dim=1), start, steps)  # [B', T, V]
         offsets = torch.arange(steps, device=logits.device)
@@ -337,8 +345,8 @@ class _Rounds:
             logits.float(), produced[:, None] + offsets, self.sampling, self.suppress, self.eos
         )
         verified = scores.argmax(-1)  # [B', T]
-        accepted = accepted_lengths(torch.stack(drafts, dim=1), verified) if k else torch.zeros_like(produced)
-        taken = torch.minimum(accepted + 1, remaining)  # tokens this round, before an end of sequence
+        agreed = accepted_lengths(torch.stack(drafts, dim=1), verified) if k else torch.zeros_like(produced)
+        taken = torch.minimum(agreed + 1, remaining)  # tokens this round, before an end of sequence
         is_eos = self._is_eos(verified)
         if is_eos.any():
             first_eos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), steps)  # [B']
@@ -346,7 +354,9 @@ class _Rounds:
         rows = state.original_rows
         out.write(rows, produced, verified, taken)
         out.record(rows, produced, scores, logits.float(), taken)
-        self.log.append((rows, cached.index_select(0, rows) + produced - 1, k, taken))
+        self.log.append(
+            (rows, cached.index_select(0, rows) + produced - 1, k, taken, torch.minimum(agreed, taken))
+        )
         # Cache: positions start .. start + taken - 1 hold last and the kept drafts; the rest are holes.
         state.valid[:, start : start + steps] = offsets < taken[:, None]
         most = int(taken.max())
