@@ -327,8 +327,7 @@ class _Rounds:
         tokens, stash = last, []
         drafts, drafted_eos = [], None
         for j in range(k):
-            hidden = self._draft_step(tokens, start, j, masked, stash)
-            tokens = self._choose(_head(self.model, self.text_model, hidden[:, -1]), produced + j)
+            tokens = self._draft_step(tokens, start, j, masked, stash, produced)
             drafts.append(tokens)
             if self.eos is not None:  # a row whose draft ended its answer needs no more drafts
                 eos = self._is_eos(tokens)
@@ -338,7 +337,7 @@ class _Rounds:
         # Every row drafted an end of sequence: verify what was drafted. (Positions past the round's
         # last are never read: each round's masks stop at the positions it wrote.)
         k, steps = len(drafts), len(drafts) + 1
-        self._draft_step(tokens, start, k, masked, stash, shared_only=True)
+        self._draft_step(tokens, start, k, masked, stash)  # the last draft through the shared layers
         logits = self._verify(torch.cat(stash, dim=1), start, steps)  # [B', T, V]
         offsets = torch.arange(steps, device=logits.device)
         scores = greedy_scores(
@@ -369,9 +368,10 @@ class _Rounds:
         ended = is_eos.gather(1, (taken - 1)[:, None]).squeeze(1) | (produced >= limit)
         return last, produced, ended
 
-    def _draft_step(self, tokens, start: int, j: int, masked: bool, stash: list, shared_only: bool = False):
+    def _draft_step(self, tokens, start: int, j: int, masked: bool, stash: list, produced=None):
         """Token j of the round (long [B']) at cache position start + j through the draft plan; its
-        hidden state at the shared depth goes to `stash`. Returns the last layer's [B', 1, D]."""
+        hidden state at the shared depth goes to `stash`. Returns the next draft token (long [B']), or
+        None without `produced` (new tokens so far [B']): then only the shared layers run."""
         state = self.state
         position = state.next_positions + j
         cos = self.cos_table.index_select(0, position)[:, None, None]  # [B', 1, 1, Dh]
@@ -381,9 +381,10 @@ class _Rounds:
         hidden = F.embedding(tokens, self.embed)[:, None]  # [B', 1, D]
         hidden = _run_draft(self.draft_program[: self.shared], hidden, start + j)
         stash.append(hidden)
-        if shared_only:
-            return hidden
-        return _run_draft(self.draft_program[self.shared :], hidden, start + j)
+        if produced is None:
+            return None
+        hidden = _run_draft(self.draft_program[self.shared :], hidden, start + j)
+        return self._choose(_head(self.model, self.text_model, hidden[:, -1]), produced + j)
 
     def _verify(self, hidden, start: int, steps: int):
         """The verify plan's layers from the shared depth on hidden [B', T, D] (cache positions start ..
