@@ -10,14 +10,13 @@ from PIL import Image
 
 from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan, SpeculativeConfig
 from adallava.core.cost.pricing import price_decode_step
-from adallava.engine.hf_compat import StoppingCriteriaList
+from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
 from adallava.engine.lean import runner, speculative
 from adallava.engine.lean.speculative import accepted_lengths, draft_layers, shared_depth
 from adallava.inference.answering import collate, encode
 from adallava.inference.prompts import chat_prompt
 from adallava.io.hub import load_model
 from adallava.testing import tiny_inputs, tiny_llava
-from tests.engine.lean.test_lean_parity import StopRow
 
 pytestmark = pytest.mark.core
 
@@ -87,6 +86,18 @@ class CacheProbe:
     def take(self) -> dict:
         rows, self.rows = self.rows, {}
         return rows
+
+
+class StopRow(StoppingCriteria):
+    """Stops one row after `after` new tokens (a client that left)."""
+
+    def __init__(self, row, prompt_length, after):
+        self.row, self.prompt_length, self.after = row, prompt_length, after
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[self.row] = input_ids.shape[1] - self.prompt_length >= self.after
+        return done
 
 
 def run_both(model, inputs, monkeypatch, config, **kwargs):
@@ -255,6 +266,18 @@ def test_explicit_plan_and_base_model(layer_model, monkeypatch):
     plain, fast, *caches = run_both(layer_model, inputs, monkeypatch, config, max_new_tokens=6)
     assert_identical(plain, fast, *caches)
     assert fast.speculative.shared_layers == 3  # the prefix: the draft runs no layer verification redoes
+
+
+def test_token_selection(monkeypatch):
+    """Catches: the prefill's re-laid rows (PruMerge keeps fewer visual tokens per row) miscounting
+    each row's real cache positions or rotary positions in the rounds."""
+    model = adaptive(adaptive_config=AdaptiveConfig(token_selection="prumerge"))
+    inputs = tiny_inputs(model.config, [4, 7], padding_side="left", seed=5)
+    plain, fast, *caches = run_both(
+        model, inputs, monkeypatch, SpeculativeConfig(num_draft_tokens=3),
+        budget=[0.6, 1.0], max_new_tokens=8, min_new_tokens=8,
+    )  # fmt: skip
+    assert_identical(plain, fast, *caches)
 
 
 def test_streamer_and_stopping_criteria_see_plain_steps(layer_model):
