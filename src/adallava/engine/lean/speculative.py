@@ -268,7 +268,7 @@ class _Rounds:
         device = verify.device
         self.suppress = _ids(sampling.suppress_tokens, device)
         self.eos = _ids(sampling.eos_token_ids, device)
-        self.log: list[tuple] = []  # per round: (rows, past keys, k, taken) for `_Work.of_rounds`
+        self.log: list[tuple] = []  # per round: rows, past keys, k, taken, accepted (`_Work.of_rounds`)
         self.draft_program: list[list[tuple[Unit, torch.Tensor | None]]] = []
 
     # -- per round ---------------------------------------------------------------------------------
