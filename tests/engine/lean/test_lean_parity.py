@@ -6,26 +6,15 @@ sampling, streamers and stopping criteria."""
 import pytest
 import torch
 
-from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan
+from adallava import AdaptiveConfig, ExecutionPlan
 from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
 from adallava.engine.lean.compiled import CompiledGraphs
 from adallava.engine.lean.functional import decoder_layer, rotary_tables
 from adallava.engine.lean.weights import read_layer
 from adallava.testing import tiny_inputs, tiny_llava
+from tests.engine.lean.models import N, adaptive
 
 pytestmark = pytest.mark.core
-
-N = 6
-
-
-def adaptive(seed=3, adaptive_config=None, **config):
-    base = tiny_llava(seed=seed, num_layers=N, **config)
-    torch.manual_seed(seed + 1)
-    model = AdaLlava.from_base(base, adaptive_config or AdaptiveConfig()).eval()
-    with torch.no_grad():
-        model.scheduler.head.weight.mul_(50)  # plans that differ per row and budget
-    model.scheduler_trained = True
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adallava import AdaLlava, AdaptiveConfig, ExecutionPlan, SpeculativeConfig
+from adallava import AdaptiveConfig, ExecutionPlan, SpeculativeConfig
 from adallava.core.cost.pricing import price_decode_step
 from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
 from adallava.engine.lean import runner, speculative
@@ -16,23 +16,13 @@ from adallava.engine.lean.speculative import accepted_lengths, draft_layers, sha
 from adallava.inference.answering import collate, encode
 from adallava.inference.prompts import chat_prompt
 from adallava.io.hub import load_model
-from adallava.testing import tiny_inputs, tiny_llava
+from adallava.testing import tiny_inputs
+from tests.engine.lean.models import N, adaptive
 
 pytestmark = pytest.mark.core
 
-N = 6
 SCENE = "examples/scene.png"
 CAPTION = "List the objects in the image."
-
-
-def adaptive(seed=3, adaptive_config=None, **config):
-    base = tiny_llava(seed=seed, num_layers=N, **config)
-    torch.manual_seed(seed + 1)
-    model = AdaLlava.from_base(base, adaptive_config or AdaptiveConfig()).eval()
-    with torch.no_grad():
-        model.scheduler.head.weight.mul_(50)  # plans that differ per row and budget
-    model.scheduler_trained = True
-    return model
 
 
 @pytest.fixture(scope="module")
