@@ -13,7 +13,7 @@ VENV=${ADALLAVA_VENV:-.venv}
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORLD=${WORLD:-runs/world-test}
-BUDGETS=0.5,0.6,0.75,0.85,1.0
+BUDGETS=${BUDGETS:-0.5,0.6,0.75,0.85,1.0}  # e.g. BUDGETS=$(seq -s, 0.5 0.05 1.0) for the 0.05 grid
 OUT=runs/results
 [ -f "$WORLD/manifest.json" ] || adallava world generate --out "$WORLD" --seed 1 --n 100 --split test --no-progress
 common=(--data "$WORLD" --budgets "$BUDGETS" --batch-size 32 --threads 1 --no-progress)
