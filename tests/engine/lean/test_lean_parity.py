@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from adallava import AdaptiveConfig, ExecutionPlan
-from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
+from adallava.engine.hf_compat import StoppingCriteriaList
 from adallava.engine.lean.compiled import CompiledGraphs
 from adallava.engine.lean.functional import decoder_layer, rotary_tables
 from adallava.engine.lean.weights import read_layer
 from adallava.testing import tiny_inputs, tiny_llava
-from tests.engine.lean.models import N, adaptive
+from tests.engine.lean.models import N, StopRow, adaptive
 
 pytestmark = pytest.mark.core
 
@@ -162,18 +162,6 @@ def test_decoder_layer_equals_hf_layer():
             weights, longer[:, 7:], c[:, None], s[:, None], keys, values, 7, None, causal=True
         )
         assert torch.allclose(step[:, 0], full[:, 7], atol=1e-5, rtol=0)
-
-
-class StopRow(StoppingCriteria):
-    """Stops one row after `after` new tokens (a client that left)."""
-
-    def __init__(self, row, prompt_length, after):
-        self.row, self.prompt_length, self.after = row, prompt_length, after
-
-    def __call__(self, input_ids, scores, **kwargs):
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        done[self.row] = input_ids.shape[1] - self.prompt_length >= self.after
-        return done
 
 
 def test_stopping_a_row_leaves_the_others_unchanged(layer_model):

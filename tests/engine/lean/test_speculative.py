@@ -10,14 +10,14 @@ from PIL import Image
 
 from adallava import AdaptiveConfig, ExecutionPlan, SpeculativeConfig
 from adallava.core.cost.pricing import price_decode_step
-from adallava.engine.hf_compat import StoppingCriteria, StoppingCriteriaList
+from adallava.engine.hf_compat import StoppingCriteriaList
 from adallava.engine.lean import runner, speculative
 from adallava.engine.lean.speculative import accepted_lengths, draft_layers, shared_depth
 from adallava.inference.answering import collate, encode
 from adallava.inference.prompts import chat_prompt
 from adallava.io.hub import load_model
 from adallava.testing import tiny_inputs
-from tests.engine.lean.models import N, adaptive
+from tests.engine.lean.models import N, StopRow, adaptive
 
 pytestmark = pytest.mark.core
 
@@ -76,18 +76,6 @@ class CacheProbe:
     def take(self) -> dict:
         rows, self.rows = self.rows, {}
         return rows
-
-
-class StopRow(StoppingCriteria):
-    """Stops one row after `after` new tokens (a client that left)."""
-
-    def __init__(self, row, prompt_length, after):
-        self.row, self.prompt_length, self.after = row, prompt_length, after
-
-    def __call__(self, input_ids, scores, **kwargs):
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        done[self.row] = input_ids.shape[1] - self.prompt_length >= self.after
-        return done
 
 
 def run_both(model, inputs, monkeypatch, config, **kwargs):

@@ -467,7 +467,7 @@ def _prefill_layers(program: Program, hidden, layers: range, cos, sin, mask, com
     [B, 1, T, T] or None): eager, or as one compiled graph."""
     if compiled is None:
         set_step_inputs(program, cos, sin, mask)
-        return run_layers(program, hidden, 0, range(layers.start, layers.stop))
+        return run_layers(program, hidden, 0, layers)
     units, structure, keep = _graph_units(program, layers)
     shapes = (tuple(hidden.shape), hidden.dtype, hidden.device, mask is None, _cache_length(program))
     key = (structure, shapes, torch.is_grad_enabled())
