@@ -39,7 +39,14 @@ from adallava.inference.answering import collate, encode  # noqa: E402
 from adallava.inference.prompts import chat_prompt  # noqa: E402
 from adallava.io.hub import load_model  # noqa: E402
 from bench_serve import percentile, random_wide_model  # noqa: E402
-from common import RESULTS_DIR, machine, time_interleaved, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    add_timing_args,
+    apply_timing_args,
+    machine,
+    time_interleaved,
+    write_json,
+)
 
 BUDGETS = (0.5, 0.75, 1.0)
 PATHS = {
@@ -472,18 +479,13 @@ def main() -> None:
     parser.add_argument(
         "--paths", default="hf,lean,lean+compile", help="comma-separated: " + ", ".join(PATHS)
     )
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each path and budget first")
-    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up call: a smoke run")
+    add_timing_args(parser)
     parser.add_argument("--new-tokens", type=int, default=8, help="tokens per answer (exactly)")
     parser.add_argument("--width", type=int, default=1024, help="the random stack's hidden size")
     parser.add_argument("--layers", type=int, default=16, help="the random stack's decoder layers")
     parser.add_argument("--text-tokens", type=int, default=64, help="the random stack's prompt length")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    if args.quick:
-        args.repeats, args.warmup = 3, 1
+    apply_timing_args(args)
     args.models = args.models.split(",")
     args.paths = args.paths.split(",")
     for value, allowed, flag in ((args.models, SETUPS, "--models"), (args.paths, PATHS, "--paths")):
@@ -492,8 +494,6 @@ def main() -> None:
             parser.error(f"{flag}: unknown {unknown}; allowed: {', '.join(allowed)}")
     if "hf" not in args.paths and "lean" not in args.paths:
         parser.error("--paths needs hf or lean")
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     load_before = load_average()
     models = [bench_model(name, args) for name in args.models]

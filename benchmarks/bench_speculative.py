@@ -43,7 +43,14 @@ from adallava.inference.answering import collate, encode  # noqa: E402
 from adallava.inference.prompts import chat_prompt  # noqa: E402
 from adallava.io.hub import load_model  # noqa: E402
 from bench_serve import percentile  # noqa: E402
-from common import RESULTS_DIR, machine, time_interleaved, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS_DIR,
+    add_timing_args,
+    apply_timing_args,
+    machine,
+    time_interleaved,
+    write_json,
+)
 
 VERIFY_BUDGETS = (1.0, 0.75)
 DRAFT_TOKENS = (2, 4, 6)
@@ -196,18 +203,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=2, help="untimed passes of each path first")
-    parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up pass: a smoke run")
+    add_timing_args(parser, unit="pass")
     parser.add_argument("--scenes", type=int, default=8, help="caption prompts per pass")
     parser.add_argument("--clock-passes", type=int, default=3, help="instrumented passes per path")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    if args.quick:
-        args.repeats, args.warmup = 3, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_timing_args(args)
 
     load_before = load_average()
     model, processor = load_model("tiny-adallava-l")

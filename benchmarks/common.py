@@ -58,3 +58,20 @@ def write_json(name: str, payload: dict, out_dir: Path | None = None) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def add_timing_args(parser, repeats: int = 30, unit: str = "call") -> None:
+    """The flags every timing benchmark takes: --repeats, --warmup, --quick, --threads, --out."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=2, help=f"untimed {unit}s of each path first")
+    parser.add_argument("--quick", action="store_true", help=f"3 repeats, 1 warm-up {unit}: a smoke run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+
+
+def apply_timing_args(args) -> None:
+    """--quick's repeats and warm-up, and --threads' torch thread count."""
+    if args.quick:
+        args.repeats, args.warmup = 3, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
