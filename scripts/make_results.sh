@@ -13,15 +13,18 @@ VENV=${ADALLAVA_VENV:-.venv}
 export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORLD=${WORLD:-runs/world-test}
-BUDGETS=${BUDGETS:-0.5,0.6,0.75,0.85,1.0}  # e.g. BUDGETS=$(seq -s, 0.5 0.05 1.0) for the 0.05 grid
+BUDGETS=${BUDGETS:-0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95,1.0}  # e.g. BUDGETS=0.5,0.75,1.0 for a quick look
 OUT=runs/results
-[ -f "$WORLD/manifest.json" ] || adallava world generate --out "$WORLD" --seed 1 --n 100 --split test --no-progress
+[ -f "$WORLD/manifest.json" ] || adallava world generate --out "$WORLD" --seed 1 --n 100 --split test --layout v3 --no-progress
 common=(--data "$WORLD" --budgets "$BUDGETS" --batch-size 32 --threads 1 --no-progress)
 adallava eval --model tiny-adallava-l --methods adaptive,early-exit,random,full "${common[@]}" --out $OUT/tiny-adallava-l
 adallava eval --model tiny-adallava-h --methods adaptive "${common[@]}" --out $OUT/tiny-adallava-h
 adallava eval --model tiny-llava --methods early-exit,full "${common[@]}" --out $OUT/tiny-llava
-adallava eval --model tiny-adallava-l --methods adaptive --token-selection prumerge "${common[@]}" \
-    --out $OUT/tiny-adallava-l-prumerge
+# Table 3: AdaLLaVA-L fine-tuned with PruMerge+ on (its adaptive config names the token selection), and the
+# unpruned AdaLLaVA-L given PruMerge+ at inference only, never trained with it
+adallava eval --model tiny-adallava-l-prumerge --methods adaptive "${common[@]}" --out $OUT/tiny-adallava-l-prumerge
+adallava eval --model tiny-adallava-l --methods adaptive --token-selection prumerge+ "${common[@]}" \
+    --out $OUT/tiny-adallava-l-prumerge-untrained
 if [ ! -f runs/tiny-adallava-l-deterministic/adaptive_config.json ]; then  # the Table 2 ablation, ~5 min
   adallava train --config configs/tiny-adaptive-l-deterministic.yaml --model src/adallava/bundled/tiny-llava --no-progress-bar
 fi

@@ -1,7 +1,8 @@
 """Copy trained model folders into adallava/bundled/<name> (what the package ships) with a card.
 
     python scripts/package_bundled.py --report runs/report/world_report.json \
-        tiny-llava=runs/tiny-llava tiny-adallava-l=runs/tiny-adallava-l tiny-adallava-h=runs/tiny-adallava-h
+        tiny-llava=runs/tiny-llava tiny-adallava-l=runs/tiny-adallava-l tiny-adallava-h=runs/tiny-adallava-h \
+        tiny-adallava-l-prumerge=runs/tiny-adallava-l-prumerge
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ KEEP = {
     "chat_template.jinja", "chat_template.json", "processor_config.json", "preprocessor_config.json",
 }  # fmt: skip
 LIMIT_BYTES = 10 * 1024 * 1024
+REPORT_KEYS = {  # bundled name -> its section of scripts/world_report.py's JSON
+    "tiny-llava": "base", "tiny-adallava-l": "adallava_l", "tiny-adallava-h": "adallava_h",
+    "tiny-adallava-l-prumerge": "adallava_l_prumerge",
+}  # fmt: skip
 
 
 def main() -> None:
@@ -50,14 +55,14 @@ def main() -> None:
             "weights_mb": round(size / 1e6, 2),
             "split": "held-out test world",
         }
-        key = {"tiny-llava": "base", "tiny-adallava-l": "adallava_l", "tiny-adallava-h": "adallava_h"}[name]
+        key = REPORT_KEYS[name]
         if key == "base" and "base" in report:
             card["accuracy"] = report["base"]["full"]["accuracy"]
         elif key in report:
             card["accuracy"] = report[key]["1.0"]["adaptive"]["accuracy"]
             card["accuracy_by_budget"] = {b: row["adaptive"]["accuracy"] for b, row in report[key].items()}
         if args.build_seconds is not None:
-            card["build_seconds_all_three"] = args.build_seconds
+            card["build_seconds_all_models"] = args.build_seconds
         card["rebuild"] = "bash scripts/build_bundled.sh"
         (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         print(f"{name}: {size / 1e6:.1f} MB -> {target}")

@@ -106,7 +106,7 @@ def test_spec_validation():
         TinyLlavaSpec(image_size=50)
     with pytest.raises(ValueError, match="num_heads"):
         TinyLlavaSpec(hidden_size=130)
-    assert TinyLlavaSpec().image_tokens == 9
+    assert TinyLlavaSpec().image_tokens == 36  # 96 px at patch 16: the v3 world's images
 
 
 def test_folder_loads_offline_with_the_expected_configuration(loaded, model_dir):
@@ -114,11 +114,11 @@ def test_folder_loads_offline_with_the_expected_configuration(loaded, model_dir)
     config = model.config
     assert config.image_token_id == IMAGE_ID == processor.tokenizer.convert_tokens_to_ids("<image>")
     assert (config.vision_feature_layer, config.vision_feature_select_strategy) == (-1, "default")
-    assert config.image_seq_length == 9
+    assert config.image_seq_length == 36
     text = config.text_config
     assert (text.num_hidden_layers, text.hidden_size, text.intermediate_size, text.num_attention_heads) == (
-        8,
-        128,
+        16,
+        96,
         256,
         4,
     )
@@ -139,8 +139,8 @@ def test_processor_and_chat_template_give_one_token_per_patch_and_the_model_runs
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     ids = inputs["input_ids"][0]
     assert ids[0].item() == BOS_ID
-    assert (ids == IMAGE_ID).sum().item() == (48 // 16) ** 2
-    assert inputs["pixel_values"].shape == (1, 3, 48, 48)
+    assert (ids == IMAGE_ID).sum().item() == (96 // 16) ** 2
+    assert inputs["pixel_values"].shape == (1, 3, 96, 96)
     with torch.no_grad():
         out = model(**inputs, labels=inputs["input_ids"])
     assert out.logits.shape == (1, len(ids), len(processor.tokenizer))

@@ -16,6 +16,7 @@ BUNDLED = {
     "tiny-llava": "the base tiny LLaVA trained from scratch on the synthetic world",
     "tiny-adallava-l": "AdaLLaVA-L (layer switches) fine-tuned from tiny-llava; the default",
     "tiny-adallava-h": "AdaLLaVA-H (head and MLP-group switches) fine-tuned from tiny-llava",
+    "tiny-adallava-l-prumerge": "AdaLLaVA-L fine-tuned with PruMerge+ token selection on (paper Table 3)",
 }
 DEFAULT_MODEL = "tiny-adallava-l"
 

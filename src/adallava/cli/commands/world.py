@@ -74,8 +74,8 @@ def add_parser(subparsers) -> None:
         help="a generated world: its image size is used and its words checked",
     )
     sub.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default: 0)")
-    sub.add_argument("--layers", type=int, default=8, help="decoder layers of the text model (default: 8)")
-    sub.add_argument("--hidden", type=int, default=128, help="the text model's hidden size (default: 128)")
+    sub.add_argument("--layers", type=int, default=16, help="decoder layers of the text model (default: 16)")
+    sub.add_argument("--hidden", type=int, default=96, help="the text model's hidden size (default: 96)")
     sub.add_argument("--intermediate", type=int, default=256, help="the text model's MLP size (default: 256)")
     sub.add_argument("--heads", type=int, default=4, help="the text model's attention heads (default: 4)")
     sub.set_defaults(func=_build_model)

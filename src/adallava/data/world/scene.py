@@ -22,7 +22,6 @@ from itertools import accumulate
 
 GRID = 3
 CELL = 16  # pixels per object slot = the vision patch size
-IMAGE_SIZE = GRID * CELL  # the v2 layout's
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Layout:
 
 
 LAYOUTS = {"v2": Layout("v2", 1), "v3": Layout("v3", 2)}
-DEFAULT_LAYOUT = "v2"
+DEFAULT_LAYOUT = "v3"  # the bundled models' world (issue 18); v2 is the world before it
 
 
 def get_layout(name: str) -> Layout:
