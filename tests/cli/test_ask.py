@@ -38,7 +38,7 @@ def test_ask_json_reports_answer_plan_and_flops(model_dir, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= {"answer", "budget", "plan", "flops", "full_flops", "ms"}
-    assert result["budget"] == 0.75 and len(result["plan"]["layers"]) == 6
+    assert result["budget"] == 0.75 and len(result["plan"]["layers"]) == 12  # 0.75 of 16 layers
     assert result["flops"]["llm"] == pytest.approx(0.75 * result["full_flops"]["llm"])
     assert result["flops"]["total"] > result["flops"]["llm"] > 0
 
@@ -48,7 +48,7 @@ def test_ask_prints_a_readable_summary(model_dir, capsys):
     assert main(["ask", "--image", str(image), "--question", "what shape ?", "--model", str(folder),
                  "--max-new-tokens", "2"]) == 0  # fmt: skip
     out = capsys.readouterr().out
-    assert "answer:" in out and "layers run:" in out and "8/8" in out
+    assert "answer:" in out and "layers run:" in out and "16/16" in out
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_unreadable_image_is_a_clear_error(model_dir, tmp_path, capsys):
 def test_models_lists_the_bundled_names(capsys):
     assert main(["models", "--json"]) == 0
     names = [row["name"] for row in json.loads(capsys.readouterr().out)]
-    assert names == ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"]
+    assert names == ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h", "tiny-adallava-l-prumerge"]
 
 
 def test_load_model_wraps_plain_llava_folders(model_dir, tmp_path):
@@ -110,7 +110,7 @@ def test_ask_without_budget_on_a_base_model_answers_with_the_full_hf_model(capsy
     argv = ["ask", "--image", SCENE, "--question", question, "--model", "tiny-llava", "--max-new-tokens", "4"]
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["budget"] is None and result["plan"]["layers"] == list(range(8))
+    assert result["budget"] is None and result["plan"]["layers"] == list(range(16))
     folder = BUNDLED_DIR / "tiny-llava"
     hf = LlavaForConditionalGeneration.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
@@ -137,7 +137,7 @@ def test_a_budget_without_a_trained_scheduler_is_refused(model, tmp_path, capsys
     assert f"model {model!r} has no trained scheduler" in err and "adallava train" in err
     assert "Traceback" not in err
     assert main(argv) == 0  # without --budget: the full model
-    assert "(8/8)" in capsys.readouterr().out
+    assert "(16/16)" in capsys.readouterr().out
 
 
 def test_ask_reports_words_the_tokenizer_does_not_know(capsys):

@@ -16,7 +16,7 @@ def test_profile_saves_what_deadline_requests_load(tmp_path, monkeypatch, capsys
     saved = LatencyProfile.from_dict(json.loads(capsys.readouterr().out))
     model, _ = load_model(None)
     assert load_profile(profile_key(model)) == saved
-    assert saved.num_layers == 8 and saved.prefix_layers == 4
+    assert saved.num_layers == 16 and saved.prefix_layers == 8
     assert saved.prefill_prefix_layer.fixed_ms > 0 and saved.decode_prefix_layer.fixed_ms > 0
     assert saved.vision_per_image_ms > 0
 
@@ -30,7 +30,7 @@ def test_ask_with_a_deadline_reports_it(tmp_path, monkeypatch, capsys):
     deadline = result["deadline"]
     assert deadline["deadline_ms"] == 10_000 and deadline["met"] and deadline["fraction"] == 1.0
     assert 0 < deadline["predicted_ms"] < 10_000 and deadline["measured_ms"] > 0
-    assert result["budget"] == 1.0 and len(result["plan"]["layers"]) == 8
+    assert result["budget"] == 1.0 and len(result["plan"]["layers"]) == 16
 
 
 def test_ask_with_an_impossible_deadline_says_the_minimum(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from adallava.cli.commands import eval as eval_command
 from adallava.core.config import AdaptiveConfig
-from adallava.data.tiny_model import build_tiny_llava
+from adallava.data.tiny_model import TinyLlavaSpec, build_tiny_llava
 from adallava.data.world import generate_world
 from adallava.engine.llava import AdaLlava
 from adallava.eval import scoring
@@ -38,12 +38,13 @@ SCHEMA = {
 }  # fmt: skip
 METHODS = "adaptive,early-exit,random,full"
 BUDGETS = (0.5, 0.75)
+SPEC = TinyLlavaSpec(text_layers=8, hidden_size=128)  # the v2 world's model: the counts below are for N = 8
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval-world")
-    generate_world(root / "test", split="test", seed=0, n=2, progress=False)
+    generate_world(root / "test", split="test", seed=0, n=2, progress=False, layout="v2")  # 9 tokens: fast
     return root / "test"
 
 
@@ -51,7 +52,7 @@ def world(tmp_path_factory) -> Path:
 def models(world, tmp_path_factory) -> tuple[Path, Path]:
     """(plain HF Llava folder, AdaLLaVA folder), both untrained, 8 layers, P = 4."""
     root = tmp_path_factory.mktemp("eval-models")
-    base_dir = build_tiny_llava(root / "base", world=world, seed=0)
+    base_dir = build_tiny_llava(root / "base", world=world, seed=0, spec=SPEC)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = AdaLlava.from_base(LlavaForConditionalGeneration.from_pretrained(base_dir), AdaptiveConfig())
@@ -202,7 +203,7 @@ def test_predictions_rescore_to_the_same_numbers(runs, world):
 
 def test_static_plans_are_chosen_on_validation_data_and_cached(world, models, tmp_path):
     validation = tmp_path / "val"
-    generate_world(validation, split="test", seed=1, n=2, progress=False)
+    generate_world(validation, split="test", seed=1, n=2, progress=False, layout="v2")
     out = tmp_path / "static"
     argv = ["--model", models[1], "--data", world, "--benchmark", "pope", "--budgets", "0.5,0.75,1.0"]
     argv += [

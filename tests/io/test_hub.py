@@ -60,7 +60,7 @@ def test_init_takes_a_bundled_base_and_marks_the_scheduler_untrained(tmp_path, c
     with pytest.raises(ValueError, match=r"no trained scheduler.*adallava train.*scheduler_trained"):
         answer_batch(model, processor, [prompt], [0.75], [3])
     [answer] = answer_batch(model, processor, [prompt], [None], [3])  # no budget: the full model
-    assert answer.budget is None and answer.plan["layers"] == list(range(8))
+    assert answer.budget is None and answer.plan["layers"] == list(range(16))
 
 
 def test_train_saves_the_scheduler_as_trained(tmp_path):

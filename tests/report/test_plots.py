@@ -244,4 +244,4 @@ def test_plot_command_draws_the_latency_attention_of_a_model_folder(tmp_path):
     assert args.func(args) == 0
     written(tmp_path / "out" / "attention.png")
     seen = plot.seen_image(Image.new("RGB", (64, 48)), AutoProcessor.from_pretrained(folder))
-    assert seen.size == (48, 48)  # the processor's centre crop: the patch grid lines up
+    assert seen.size == (96, 96)  # the processor's centre crop: the patch grid lines up

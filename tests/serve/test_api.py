@@ -19,7 +19,7 @@ LIMITS = {
     "max_image_bytes": 100_000,
     "max_image_pixels": 1_000_000,
     "max_request_bytes": 600_000,
-    "max_processed_pixels": 3 * 48 * 48,  # the processor scales the short side to 48
+    "max_processed_pixels": 3 * 96 * 96,  # the processor scales the short side to 96
 }
 
 
@@ -48,7 +48,7 @@ def test_health_and_models(client):
     assert entry["id"] == "tiny-adallava-l" and entry["object"] == "model"
     info = entry["adallava"]
     assert info["adaptive"] is True and info["switches"] == "layer"
-    assert info["num_layers"] == 8 and info["num_prefix_layers"] == 4 and info["min_budget"] == 0.5
+    assert info["num_layers"] == 16 and info["num_prefix_layers"] == 8 and info["min_budget"] == 0.5
 
 
 def test_completion_reports_answer_plan_flops_and_times(server, client):
@@ -65,8 +65,8 @@ def test_completion_reports_answer_plan_flops_and_times(server, client):
     assert 1 <= usage["completion_tokens"] <= 6
     report = body["adallava"]
     assert report["budget"] == 0.75 and report["batch_size"] == 1
-    assert report["plan"]["num_layers"] == 8 and len(report["plan"]["layers"]) == 6
-    assert report["plan"]["layers"][:4] == [0, 1, 2, 3]  # the prefix always runs
+    assert report["plan"]["num_layers"] == 16 and len(report["plan"]["layers"]) == 12
+    assert report["plan"]["layers"][:8] == list(range(8))  # the prefix always runs
     assert report["prefill_flops"]["llm"] == pytest.approx(0.75 * report["full_prefill_flops"]["llm"])
     assert report["prefill_flops"]["total"] > report["prefill_flops"]["llm"]
     assert report["decode_flops"]["llm"] > 0  # the answer and its end token: at least one decode step
@@ -88,7 +88,7 @@ def test_completion_reports_answer_plan_flops_and_times(server, client):
 
 def test_budget_defaults_to_the_full_model_and_accepts_flops_caps(client):
     full = post(client, chat_body()).json()["adallava"]
-    assert full["budget"] == 1.0 and full["plan"]["layers"] == list(range(8))
+    assert full["budget"] == 1.0 and full["plan"]["layers"] == list(range(16))
     cap = 0.8 * full["full_prefill_flops"]["llm"]
     capped = post(client, chat_body(budget=f"{cap / 1e6:.3f}M")).json()["adallava"]
     assert capped["prefill_flops"]["llm"] <= cap
@@ -181,11 +181,11 @@ BAD_REQUESTS = {
     "not base64": (_with_image("data:image/png;base64,@@@@"), 400, "invalid_image", "base64"),
     "not an image": (_with_image("data:image/png;base64,aGVsbG8="), 400, "invalid_image", "PIL"),
     "two images": (_two_images(), 400, "invalid_request", "at most 1 image"),
-    "processed image too large": (  # 100x400 -> 48x192 = 9216 pixels > 6912, found before processing
+    "processed image too large": (  # 100x400 -> 96x384 = 36864 pixels > 27648, found before processing
         _with_image(data_url(Image.new("RGB", (100, 400)))),
         413,
         "image_too_large",
-        "48x192",
+        "96x384",
     ),
     "prompt longer than the context": (
         chat_body(" ".join(["circle"] * 300)),
@@ -280,7 +280,7 @@ def test_a_base_model_refuses_budgets_and_runs_every_layer():
         answered = post(client, chat_body())
         assert answered.status_code == 200
         report = answered.json()["adallava"]
-        assert report["budget"] is None and report["plan"]["layers"] == list(range(8))
+        assert report["budget"] is None and report["plan"]["layers"] == list(range(16))
         assert report["prefill_flops"] == report["full_prefill_flops"]
 
 
@@ -315,7 +315,7 @@ def test_a_model_with_an_untrained_scheduler_is_served_as_a_base_model(tmp_path)
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "budget_not_supported"
         assert "no trained scheduler" in refused.json()["error"]["message"]
         report = post(client, chat_body()).json()["adallava"]
-        assert report["budget"] is None and report["plan"]["layers"] == list(range(8))
+        assert report["budget"] is None and report["plan"]["layers"] == list(range(16))
 
 
 def test_serve_refuses_a_device_this_torch_cannot_use(capsys, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 from tests.serving import QUESTIONS, Gate, chat_body, live_server, wait_until
 
 MIXED = [(QUESTIONS[0], 0.5, 3), (QUESTIONS[1], 0.6, 6), (QUESTIONS[2], 0.75, 2),
-         (QUESTIONS[3], 0.85, 6), (QUESTIONS[4], 1.0, 4), (QUESTIONS[5], "40M", 5)]  # fmt: skip
+         (QUESTIONS[3], 0.85, 6), (QUESTIONS[4], 1.0, 4), (QUESTIONS[5], "130M", 5)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +199,6 @@ def test_shutdown_answers_every_accepted_request_then_stops():
             assert isinstance(content, str) and answer.json()["usage"]["completion_tokens"] >= 1
         reports = [a.json()["adallava"] for a in answers[1:]]
         assert [r["budget"] for r in reports] == [0.6, 0.6] and [r["batch_size"] for r in reports] == [2, 2]
-        assert [len(r["plan"]["layers"]) for r in reports] == [4, 4]  # floor(8 x 0.6) layers ran
+        assert [len(r["plan"]["layers"]) for r in reports] == [9, 9]  # floor(16 x 0.6) layers ran
         server.thread.join(20)
         assert not server.thread.is_alive()

@@ -47,8 +47,8 @@ def test_the_example_sends_a_budget_and_reads_the_report(example, server, capsys
 
 
 def test_the_example_streams_the_same_answer(example, server, capsys):
-    plain = _run(example, server, capsys, "--budget", "40M", "--max-tokens", "6")
-    streamed = _run(example, server, capsys, "--budget", "40M", "--max-tokens", "6", "--stream")
+    plain = _run(example, server, capsys, "--budget", "130M", "--max-tokens", "6")
+    streamed = _run(example, server, capsys, "--budget", "130M", "--max-tokens", "6", "--stream")
     assert streamed["answer"] == plain["answer"]
     assert streamed["adallava"]["plan"] == plain["adallava"]["plan"]
     assert streamed["adallava"]["budget"] == plain["adallava"]["budget"] < 1.0

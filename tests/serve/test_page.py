@@ -61,8 +61,8 @@ def test_ask_with_a_budget_shows_the_answer_and_the_plan(page):
     card.locator(".answer").wait_for()
     assert card.locator(".answer").text_content().strip() != ""
     assert card.locator(".budget-value").text_content() == "0.75"
-    assert card.locator(".strip .layer").count() == 8
-    assert card.locator(".strip .layer.on").count() == 6  # 0.75 of 8 layers
+    assert card.locator(".strip .layer").count() == 16
+    assert card.locator(".strip .layer.on").count() == 12  # 0.75 of 16 layers
     assert "75%" in card.locator(".flops-llm").text_content()
     assert "ms" in card.locator(".time").text_content()
     assert page.locator("#error").is_hidden()
@@ -77,8 +77,8 @@ def test_compare_two_budgets_side_by_side(page):
     page.click("#ask")
     page.wait_for_function("document.querySelectorAll('.result').length === 2")
     cards = page.locator(".result")
-    assert cards.nth(0).locator(".strip .layer.on").count() == 8
-    assert cards.nth(1).locator(".strip .layer.on").count() == 4
+    assert cards.nth(0).locator(".strip .layer.on").count() == 16
+    assert cards.nth(1).locator(".strip .layer.on").count() == 8
     assert cards.nth(1).locator(".budget-value").text_content() == "0.50"
     for i in range(2):
         assert cards.nth(i).locator(".answer").text_content().strip() != ""

@@ -314,7 +314,8 @@ def test_bundled_model_identical(bundled, monkeypatch, k):
     assert_identical(plain, fast, *caches)
     report = fast.speculative
     assert int(report.accepted.sum()) > 0
-    assert report.draft_plan.layers[:, :4].all() and not report.draft_plan.layers[:, 4:].any()
+    prefix = model.adaptive.num_prefix_layers  # 8 of 16: the default draft is the prefix
+    assert report.draft_plan.layers[:, :prefix].all() and not report.draft_plan.layers[:, prefix:].any()
 
 
 # ---- the pure parts -------------------------------------------------------------------------------
