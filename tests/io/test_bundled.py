@@ -7,7 +7,7 @@ from adallava.data.world.generate import generate_world, load_heldout
 from adallava.inference.answering import ask
 from adallava.io.hub import bundled_models, load_model
 
-NAMES = ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h"]
+NAMES = ["tiny-llava", "tiny-adallava-l", "tiny-adallava-h", "tiny-adallava-l-prumerge"]
 pytestmark = [
     pytest.mark.core,
     pytest.mark.skipif(
@@ -39,3 +39,18 @@ def test_the_readme_example_is_answered_at_reduced_budget():
         result = ask(model, processor, image.convert("RGB"), question, 0.75, max_new_tokens=4)
     assert result["answer"] == "green"
     assert result["flops"]["llm"] <= 0.75 * result["full_flops"]["llm"] * (1 + 1e-9)
+
+
+def test_the_prumerge_model_prunes_by_its_own_config():
+    """Catches: the PruMerge+-trained model loaded without its token selection (its adaptive config names
+    it; a user loads it by name with no flag), which would run all 36 visual tokens."""
+    pruned, processor = load_model("tiny-adallava-l-prumerge")
+    plain, _ = load_model("tiny-adallava-l")
+    assert pruned.adaptive.token_selection == "prumerge+" and plain.adaptive.token_selection == "none"
+    question = "What color is the circle?\nAnswer the question using a single word or phrase."
+    with Image.open("examples/scene.png") as image:
+        rgb = image.convert("RGB")
+    results = [ask(model, processor, rgb, question, 1.0, max_new_tokens=4) for model in (pruned, plain)]
+    assert [r["answer"] for r in results] == ["green", "green"]
+    # Same prompt, same plan (every layer): fewer visual tokens are the only way to fewer LLM FLOPs.
+    assert results[0]["flops"]["llm"] < 0.75 * results[1]["flops"]["llm"]
