@@ -217,3 +217,25 @@ def test_report_command_through_its_parser_and_the_cli(folders, tmp_path, monkey
     ]
     assert cli.main(bad) == 2  # named in the error, before anything is drawn
     assert not (tmp_path / "B.md").exists()
+
+
+def test_a_report_draws_plans_at_three_budgets_spread_over_the_grid(tmp_path):
+    """Catches: RESULTS.md drawing a heatmap per grid point (110 on the 0.05 grid of 5 models), or a
+    spread that drops the extremes. Expected budgets picked by hand."""
+    from adallava.report.folders import report_plan_files
+    from adallava.report.plots import spread_budgets
+
+    grid = [round(0.5 + 0.05 * i, 2) for i in range(11)]
+    assert spread_budgets(grid) == [0.5, 0.75, 1.0]
+    assert spread_budgets(grid, keep=5) == [0.5, 0.6, 0.75, 0.9, 1.0]  # 0, 2.5 -> 2, 5, 7.5 -> 8, 10
+    assert spread_budgets([1.0, 0.5, 0.5]) == [0.5, 1.0]
+    with pytest.raises(ValueError, match="keep must be >= 2"):
+        spread_budgets(grid, keep=1)
+    for method in ("adaptive", "random"):
+        for budget in (0.5, 0.6, 0.7, 0.8):
+            (tmp_path / f"plans_m_{method}_{budget}.json").write_text(
+                json.dumps({"budget": budget, "layers": [[True, False]], "model": "m", "method": method})
+            )
+    names = [file.name for file in report_plan_files([tmp_path])]
+    # 4 budgets: indices 0, round(1.5) = 2, 3
+    assert names == [f"plans_m_{m}_{b}.json" for m in ("adaptive", "random") for b in (0.5, 0.7, 0.8)]

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adallava.report.plots import METHOD_ORDER
+from adallava.report.plots import METHOD_ORDER, spread_budgets
 
 RESULTS_FILE = "results.json"
 META_FILE = "meta.json"
@@ -167,6 +167,20 @@ def load_plan_file(path: str | Path) -> PlanFile:
 def plan_files(paths: Sequence[str | Path]) -> list[Path]:
     """Every `plans_*.json` in the folders, sorted by name within each folder."""
     return [file for path in paths for file in sorted(Path(path).glob(PLANS_GLOB))]
+
+
+def report_plan_files(paths: Sequence[str | Path], keep: int = 3) -> list[Path]:
+    """The plan files a report draws: per folder and (model, method), those of `spread_budgets`."""
+    chosen = []
+    for path in paths:
+        groups: dict[tuple[str, str], list[tuple[float, Path]]] = {}
+        for file in sorted(Path(path).glob(PLANS_GLOB)):
+            plan = load_plan_file(file)
+            groups.setdefault((plan.model, plan.method), []).append((plan.budget, file))
+        for entries in groups.values():
+            kept = set(spread_budgets([budget for budget, _ in entries], keep))
+            chosen += [file for budget, file in entries if budget in kept]
+    return sorted(chosen, key=lambda file: (str(file.parent), file.name))
 
 
 # ---- row keys and helpers ---------------------------------------------------------------------------

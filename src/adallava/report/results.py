@@ -41,6 +41,7 @@ from adallava.report.folders import (  # noqa: F401  (the reading API, re-export
     merge_rows,
     model_of,
     plan_files,
+    report_plan_files,
 )
 from adallava.report.plots import (
     BENCHMARK_NAMES,
@@ -262,7 +263,7 @@ def build_report(
         raise ValueError(
             f"--table2-benchmark {table2_benchmark!r} is not among the results' {benchmarks_of(rows)}"
         )
-    written = write_plots(rows, plan_files([f.path for f in folders]), plots_dir)
+    written = write_plots(rows, report_plan_files([f.path for f in folders]), plots_dir)
     text = render_report(rows, folders, written, out, table2_benchmark, command)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
