@@ -170,17 +170,18 @@ def plan_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def report_plan_files(paths: Sequence[str | Path], keep: int = 3) -> list[Path]:
-    """The plan files a report draws: per folder and (model, method), those of `spread_budgets`."""
-    chosen = []
-    for path in paths:
-        groups: dict[tuple[str, str], list[tuple[float, Path]]] = {}
-        for file in sorted(Path(path).glob(PLANS_GLOB)):
-            plan = load_plan_file(file)
-            groups.setdefault((plan.model, plan.method), []).append((plan.budget, file))
-        for entries in groups.values():
-            kept = set(spread_budgets([budget for budget, _ in entries], keep))
-            chosen += [file for budget, file in entries if budget in kept]
-    return sorted(chosen, key=lambda file: (str(file.parent), file.name))
+    """The plan files a report draws: per folder and (model, method), those of `spread_budgets`, in
+    `plan_files` order."""
+    files = plan_files(paths)
+    groups: dict[tuple[Path, str, str], list[tuple[float, Path]]] = {}
+    for file in files:
+        plan = load_plan_file(file)
+        groups.setdefault((file.parent, plan.model, plan.method), []).append((plan.budget, file))
+    kept = set()
+    for entries in groups.values():
+        spread = set(spread_budgets([budget for budget, _ in entries], keep))
+        kept |= {file for budget, file in entries if budget in spread}
+    return [file for file in files if file in kept]
 
 
 # ---- row keys and helpers ---------------------------------------------------------------------------
