@@ -8,7 +8,7 @@
 # manifest, a model folder with its final model.safetensors); an interrupted stage resumes exactly
 # from its newest checkpoint (`adallava train --resume latest`). The elapsed time of every run is
 # appended to runs/build-times.txt, so a build spread over several runs can still be totalled.
-#   bash scripts/build_bundled.sh           # ~110 min on an idle 2-core CPU (docs/training.md)
+#   bash scripts/build_bundled.sh           # 109 min from a fresh clone on an idle 2-core CPU (docs/training.md)
 #   FRESH=1 bash scripts/build_bundled.sh   # forget finished stages and start from scratch
 set -euo pipefail
 cd "$(dirname "$0")/.."
