@@ -3,6 +3,7 @@
 import pytest
 from PIL import Image
 
+from adallava import SpeculativeConfig
 from adallava.inference.answering import FINISH_LENGTH, FINISH_STOP, answer_batch, encode
 from adallava.inference.prompts import chat_prompt, conversation_prompt
 from adallava.io.hub import load_model
@@ -116,3 +117,22 @@ def test_budgets_need_a_trained_scheduler(bundled):
             call()
     [answer] = answer_batch(base, processor, [prompt], [None], [2])
     assert answer.budget is None and answer.plan["layers"] == list(range(base.num_layers))
+
+
+def test_speculative_answers_carry_each_rows_drafts(bundled):
+    """Catches: Answer.speculative missing, taken from the wrong row, or set on plainly decoded answers
+    (the server reports it per request); and speculation changing an answer. Reference: the
+    SpeculativeReport that generate hands its observer."""
+    model, processor = bundled
+    questions = ["List the objects in the image.", "what color is the circle ?"]
+    prompts = [encode(processor, chat_prompt(processor, q), [_scene()]) for q in questions]
+    reports = []
+    config = SpeculativeConfig(num_draft_tokens=3, observer=reports.append)
+    fast = answer_batch(model, processor, prompts, [1.0, 0.75], [16, 16], speculative=config)
+    plain = answer_batch(model, processor, prompts, [1.0, 0.75], [16, 16])
+    assert fast == plain and [a.speculative for a in plain] == [None, None]
+    [report] = reports
+    assert [a.speculative for a in fast] == [
+        {"drafted": int(d), "accepted": int(a)} for d, a in zip(report.drafted, report.accepted, strict=True)
+    ]
+    assert fast[0].speculative["drafted"] > fast[1].speculative["drafted"]  # the caption is the longer answer

@@ -54,7 +54,9 @@ class Answer:
     counts the end-of-sequence token when the model wrote one (it was computed); `token_ids` / `text`
     leave it out. `unknown_words`: the prompt's words the tokenizer read as its unknown token.
     `prefill_ms` / `decode_ms` / `total_ms`: wall-clock of the generate call that produced the answer
-    (the whole batch's): its prefill up to the first new token, its decoding steps, and the call."""
+    (the whole batch's): its prefill up to the first new token, its decoding steps, and the call.
+    `speculative`: with self-speculative decoding (`speculative=SpeculativeConfig(...)`), what this row
+    drafted and how many drafts were accepted, {"drafted", "accepted"}; None when it decoded plainly."""
 
     text: str
     token_ids: list[int]
@@ -74,6 +76,7 @@ class Answer:
     decode_ms: float | None = field(default=None, compare=False)
     total_ms: float | None = field(default=None, compare=False)
     deadline: dict | None = field(default=None, compare=False)  # a deadline budget's DeadlineReport
+    speculative: dict | None = field(default=None, compare=False)  # {"drafted", "accepted"} of this row
 
 
 def encode(
@@ -182,6 +185,7 @@ def answer_batch(
     decode = model.decode_cost(out.prefill_tokens, new, out.plan, limits, plan_changes=out.plan_changes)
     eos = set(model.eos_token_ids)
     plans = _plans(model.num_layers, out.plan, len(prompts))
+    drafts = _drafts(getattr(out, "speculative", None), len(prompts))
     answers = []
     for row, prompt in enumerate(prompts):
         tokens = new[row, : int(produced[row])].tolist()
@@ -205,9 +209,21 @@ def answer_batch(
                 decode_ms=out.decode_ms,
                 total_ms=total_ms,
                 deadline=None if out.deadline is None or deadlines[row] is None else out.deadline.to_dict(),
+                speculative=drafts[row],
             )
         )
     return answers
+
+
+def _drafts(report, rows: int) -> list[dict | None]:
+    """Each row's {"drafted", "accepted"} from generate's SpeculativeReport (None for every row without
+    one: plain decoding)."""
+    if report is None:
+        return [None] * rows
+    return [
+        {"drafted": int(drafted), "accepted": int(accepted)}
+        for drafted, accepted in zip(report.drafted, report.accepted, strict=True)
+    ]
 
 
 @torch.no_grad()

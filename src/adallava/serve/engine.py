@@ -95,7 +95,11 @@ class Result:
     prefill_ms: float
     decode_ms: float
     batch_size: int
-    speculative: dict | None = None  # {"drafted", "accepted"} tokens of this row (speculative decoding)
+
+    @property
+    def speculative(self) -> dict | None:
+        """{"drafted", "accepted"} tokens of this row under speculative decoding, else None."""
+        return self.answer.speculative
 
     @property
     def unknown_words(self) -> list[str]:
@@ -225,9 +229,8 @@ class ServedModel:
                 "deadline_start": start,
                 "deadline_best_effort": all(j.best_effort for j in deadline_jobs),
             }
-        reports = []  # speculative decoding's report of this batch (deadline batches decode plainly)
-        if self.speculative is not None and not deadline_jobs:
-            extra["speculative"] = dataclasses.replace(self.speculative, observer=reports.append)
+        if self.speculative is not None and not deadline_jobs:  # deadline batches decode plainly
+            extra["speculative"] = self.speculative
         answers = answer_batch(
             self.model,
             self.processor,
@@ -238,12 +241,6 @@ class ServedModel:
             stopping_criteria=hf_compat.StoppingCriteriaList([Abandoned(jobs)]),
             **extra,
         )
-        drafts = [None] * len(jobs)
-        if reports:
-            drafts = [
-                {"drafted": int(drafted), "accepted": int(accepted)}
-                for drafted, accepted in zip(reports[0].drafted, reports[0].accepted, strict=True)
-            ]
         first = fanout.first_token or time.perf_counter()
         ended = [end or time.perf_counter() for end in fanout.ended]
         answers = [
@@ -257,9 +254,8 @@ class ServedModel:
                 prefill_ms=(first - start) * 1e3,
                 decode_ms=((ended or first) - first) * 1e3,
                 batch_size=len(jobs),
-                speculative=draft,
             )
-            for job, answer, ended, draft in zip(jobs, answers, fanout.ended, drafts, strict=True)
+            for job, answer, ended in zip(jobs, answers, fanout.ended, strict=True)
         ]
 
 
